@@ -1,0 +1,1 @@
+"""Tunedock: deploy fine-tuned language models as API endpoints."""

@@ -1,0 +1,148 @@
+"""Account operations: the first admin, sign-in, API keys and request authentication."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from tunedock.accounts import secrets as secret_tools
+from tunedock.accounts.identity import ROLES, SCOPES, Principal
+from tunedock.errors import AuthenticationFailed, Conflict, InvalidInput
+from tunedock.store.database import Database
+from tunedock.store.tables import ApiKey, User, utc_now
+
+logger = logging.getLogger(__name__)
+
+# Skip the write of last_used_at when the stored value is this recent, so that every
+# inference request does not become a database write.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+PERSONAL_TOKEN_LIFETIME = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class FirstAdmin:
+    """Credentials created at first start; the secrets are shown once and never stored."""
+
+    username: str
+    password: str | None
+    api_key: str | None
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    id: int
+    name: str
+    prefix: str
+    scopes: list[str]
+    secret: str
+
+
+class AccountService:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def ensure_first_admin(self, username: str, email: str, password: str | None,
+                           api_key: str | None) -> FirstAdmin | None:
+        """Create the first admin and its first API key when no user exists yet."""
+        with self.database.session() as session:
+            if session.scalars(select(User.id).limit(1)).first() is not None:
+                return None
+        chosen_password = password or secret_tools.generate_password()
+        _check_password(chosen_password)
+        if api_key is not None and len(api_key) < secret_tools.MIN_KEY_LENGTH:
+            raise InvalidInput(
+                f"TUNEDOCK_ADMIN_API_KEY is {len(api_key)} characters long; use at least "
+                f"{secret_tools.MIN_KEY_LENGTH} random characters."
+            )
+        with self.database.session() as session:
+            admin = User(username=username, email=email, display_name="Administrator", role="admin",
+                         password_hash=secret_tools.hash_password(chosen_password))
+            session.add(admin)
+            session.flush()
+            key = api_key or secret_tools.generate_key(secret_tools.API_KEY_MARK)
+            session.add(_key_row(admin.id, "api_key", "first admin key", key, list(SCOPES), None, None))
+        logger.info("created first admin user %s with one API key", username)
+        return FirstAdmin(username=username, password=None if password else chosen_password,
+                          api_key=None if api_key else key)
+
+    def login(self, username: str, password: str) -> str:
+        """Check a username and password and return a new personal access token."""
+        with self.database.session() as session:
+            user = session.scalars(select(User).where(User.username == username)).first()
+            if user is None or user.disabled or not secret_tools.verify_password(user.password_hash, password):
+                logger.info("sign-in failed for username %r", username)
+                raise AuthenticationFailed("Invalid username or password.", code="invalid_credentials")
+            token = secret_tools.generate_key(secret_tools.PERSONAL_TOKEN_MARK)
+            session.add(_key_row(user.id, "personal_token", "sign-in", token, list(SCOPES), None,
+                                 utc_now() + PERSONAL_TOKEN_LIFETIME))
+            user.last_login_at = utc_now()
+        logger.info("user %s signed in", username)
+        return token
+
+    def create_api_key(self, principal: Principal, name: str, scopes: list[str],
+                       models: list[str] | None, expires_at: datetime | None) -> IssuedKey:
+        unknown = sorted(set(scopes) - set(SCOPES))
+        if unknown or not scopes:
+            raise InvalidInput(f"Invalid scopes {scopes!r}; choose one or more of {list(SCOPES)}.",
+                               param="scopes")
+        secret = secret_tools.generate_key(secret_tools.API_KEY_MARK)
+        with self.database.session() as session:
+            row = _key_row(principal.user_id, "api_key", name, secret, scopes, models, expires_at)
+            session.add(row)
+            session.flush()
+            issued = IssuedKey(id=row.id, name=name, prefix=row.prefix, scopes=scopes, secret=secret)
+        logger.info("user %s created API key %s", principal.username, issued.prefix)
+        return issued
+
+    def authenticate(self, bearer: str) -> Principal:
+        """Resolve a bearer secret to its principal, or raise AuthenticationFailed."""
+        prefix = secret_tools.key_prefix(bearer)
+        with self.database.session() as session:
+            key = session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).first()
+            if key is None or not secret_tools.key_matches(key.secret_hash, bearer):
+                raise AuthenticationFailed("Invalid API key or token; check the Authorization header.",
+                                           code="invalid_api_key")
+            now = utc_now()
+            if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
+                raise AuthenticationFailed(f"The API key {prefix}... is revoked or expired; create a new one.",
+                                           code="invalid_api_key")
+            user = session.get(User, key.user_id)
+            if user is None or user.disabled:
+                raise AuthenticationFailed(f"The user of API key {prefix}... is disabled.",
+                                           code="user_disabled")
+            if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+                key.last_used_at = now
+            return Principal(user_id=user.id, username=user.username, role=user.role,
+                             key_prefix=prefix, scopes=tuple(key.scopes),
+                             models=tuple(key.models) if key.models is not None else None)
+
+    def create_user(self, username: str, email: str, password: str, role: str) -> int:
+        if role not in ROLES:
+            raise InvalidInput(f"Invalid role {role!r}; choose one of {list(ROLES)}.", param="role")
+        _check_password(password)
+        with self.database.session() as session:
+            if session.scalars(select(User.id).where(User.username == username)).first() is not None:
+                raise Conflict(f"A user named {username!r} already exists; choose another username.")
+            user = User(username=username, email=email, display_name=username, role=role,
+                        password_hash=secret_tools.hash_password(password))
+            session.add(user)
+            session.flush()
+            user_id = user.id
+        logger.info("created user %s with role %s", username, role)
+        return user_id
+
+
+def _check_password(password: str) -> None:
+    if len(password) < secret_tools.MIN_PASSWORD_LENGTH:
+        raise InvalidInput(f"The password is {len(password)} characters long; use at least "
+                           f"{secret_tools.MIN_PASSWORD_LENGTH}.", param="password")
+
+
+def _key_row(user_id: int, kind: str, name: str, secret: str, scopes: list[str],
+             models: list[str] | None, expires_at: datetime | None) -> ApiKey:
+    return ApiKey(user_id=user_id, kind=kind, name=name, prefix=secret_tools.key_prefix(secret),
+                  secret_hash=secret_tools.hash_key(secret), scopes=scopes, models=models,
+                  expires_at=expires_at)

@@ -1,0 +1,1 @@
+"""The management API under /api/: JSON, one error body, documented by OpenAPI."""

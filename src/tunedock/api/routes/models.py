@@ -1,0 +1,40 @@
+"""Routes for registering and reading models, and a model's endpoint."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from tunedock.api.dependencies import ReaderDep, ServicesDep, WriterDep
+from tunedock.api.schemas import EndpointPublic, ModelCreate, ModelList, ModelPublic, Snippets
+from tunedock.endpoints import snippets
+
+router = APIRouter(prefix="/api/models", tags=["models"])
+
+
+@router.post("", status_code=201)
+def register_model(body: ModelCreate, services: ServicesDep, principal: WriterDep) -> ModelPublic:
+    model = services.registry.register(principal, body.name, body.path, body.description, body.tags,
+                                       body.base_model, body.technique)
+    return ModelPublic.of(model)
+
+
+@router.get("")
+def list_models(services: ServicesDep, principal: ReaderDep) -> ModelList:
+    return ModelList(items=[ModelPublic.of(model) for model in services.registry.list()])
+
+
+@router.get("/{model}")
+def get_model(model: str, services: ServicesDep, principal: ReaderDep) -> ModelPublic:
+    return ModelPublic.of(services.registry.get(model))
+
+
+@router.get("/{model}/endpoint")
+def get_endpoint(model: str, services: ServicesDep, principal: ReaderDep) -> EndpointPublic:
+    found = services.registry.get(model)
+    route = services.routing.get(found.slug)
+    base_url = services.settings.base_url
+    return EndpointPublic(
+        url=f"{base_url}/v1", model=found.slug,
+        live_deployment=route.deployment_name if route is not None else None,
+        snippets=Snippets(**snippets(base_url, found.slug, found.format)),
+    )

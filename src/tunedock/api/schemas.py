@@ -1,0 +1,244 @@
+"""Request and response shapes of the management API, separate from the stored rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunedock.deployments.parameters import (
+    DeploymentParameters,
+    GenerationDefaults,
+    Hardware,
+    Optimization,
+    Scaling,
+)
+from tunedock.deployments.records import duration_seconds
+from tunedock.store.tables import Deployment, Job, JobEvent, Model
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelCreate(_Request):
+    name: str = Field(min_length=1, max_length=128)
+    path: str = Field(min_length=1, description="Local Hugging Face model directory on the server.")
+    description: str = Field(default="", max_length=4000)
+    tags: list[str] = Field(default_factory=list)
+    base_model: str | None = Field(default=None, max_length=256)
+    technique: str | None = Field(default=None, max_length=64, description="For example full, lora, qlora.")
+
+
+class ModelPublic(BaseModel):
+    id: int
+    name: str
+    slug: str
+    description: str
+    tags: list[str]
+    path: str
+    format: str
+    architecture: str
+    base_model: str | None
+    technique: str | None
+    parameter_count: int
+    size_bytes: int
+    context_length: int | None
+    live_deployment_id: int | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, model: Model) -> ModelPublic:
+        return cls(id=model.id, name=model.name, slug=model.slug, description=model.description,
+                   tags=model.tags, path=model.source_path, format=model.format,
+                   architecture=model.architecture, base_model=model.base_model,
+                   technique=model.technique, parameter_count=model.parameter_count,
+                   size_bytes=model.size_bytes, context_length=model.context_length,
+                   live_deployment_id=model.live_deployment_id, created_at=model.created_at)
+
+
+class ModelList(BaseModel):
+    items: list[ModelPublic]
+
+
+class DeploymentCreate(_Request):
+    description: str = Field(default="", max_length=4000)
+    generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    scaling: Scaling = Field(default_factory=Scaling)
+    hardware: Hardware = Field(default_factory=Hardware)
+    optimization: Optimization = Field(default_factory=Optimization)
+
+    def parameters(self) -> DeploymentParameters:
+        return DeploymentParameters(generation=self.generation, scaling=self.scaling,
+                                    hardware=self.hardware, optimization=self.optimization)
+
+
+class DeploymentSummary(BaseModel):
+    id: int
+    model_id: int
+    name: str
+    version: int
+    status: str
+    live: bool
+    failure_reason: str | None
+    deployed_by: str
+    started_at: datetime
+    ended_at: datetime | None
+    duration_seconds: float | None
+    undeployed: bool
+
+    @classmethod
+    def of(cls, deployment: Deployment, live_deployment_id: int | None) -> DeploymentSummary:
+        return cls(id=deployment.id, model_id=deployment.model_id, name=deployment.name,
+                   version=deployment.version, status=deployment.status,
+                   live=deployment.id == live_deployment_id, failure_reason=deployment.failure_reason,
+                   deployed_by=deployment.deployed_by, started_at=deployment.started_at,
+                   ended_at=deployment.ended_at,
+                   duration_seconds=duration_seconds(deployment.started_at, deployment.ended_at),
+                   undeployed=deployment.undeploy_started_at is not None)
+
+
+class DeploymentPage(BaseModel):
+    items: list[DeploymentSummary]
+    next_cursor: str | None
+
+
+class DeploymentGeneral(BaseModel):
+    name: str
+    model: str
+    version: int
+    description: str
+    tags: list[str]
+    technique: str | None
+    parameters: dict[str, Any]
+    hardware: dict[str, Any]
+    duration_seconds: float | None
+
+
+class DeploymentSection(BaseModel):
+    deployed_by: str
+    started_at: datetime
+    ended_at: datetime | None
+    duration_seconds: float | None
+    status: str
+    live: bool
+    failure_reason: str | None
+
+
+class UndeploymentSection(BaseModel):
+    undeployed_by: str
+    reason: str
+    started_at: datetime
+    ended_at: datetime | None
+
+
+class DeploymentDetail(BaseModel):
+    id: int
+    general: DeploymentGeneral
+    deployment: DeploymentSection
+    undeployment: UndeploymentSection | None
+
+    @classmethod
+    def of(cls, deployment: Deployment, model: Model) -> DeploymentDetail:
+        duration = duration_seconds(deployment.started_at, deployment.ended_at)
+        general = DeploymentGeneral(
+            name=deployment.name, model=model.slug, version=deployment.version,
+            description=deployment.description, tags=model.tags, technique=model.technique,
+            parameters=deployment.parameters, hardware=deployment.parameters.get("hardware", {}),
+            duration_seconds=duration,
+        )
+        section = DeploymentSection(
+            deployed_by=deployment.deployed_by, started_at=deployment.started_at,
+            ended_at=deployment.ended_at, duration_seconds=duration, status=deployment.status,
+            live=model.live_deployment_id == deployment.id, failure_reason=deployment.failure_reason,
+        )
+        undeployment = None
+        if deployment.undeploy_started_at is not None:
+            undeployment = UndeploymentSection(
+                undeployed_by=deployment.undeployed_by or "", reason=deployment.undeploy_reason or "",
+                started_at=deployment.undeploy_started_at, ended_at=deployment.undeploy_ended_at,
+            )
+        return cls(id=deployment.id, general=general, deployment=section, undeployment=undeployment)
+
+
+class JobEventPublic(BaseModel):
+    sequence: int
+    stage: str
+    message: str
+    created_at: datetime
+
+
+class JobPublic(BaseModel):
+    id: int
+    deployment_id: int
+    action: str
+    status: str
+    error: str | None
+    created_by: str
+    created_at: datetime
+    finished_at: datetime | None
+    events: list[JobEventPublic]
+
+    @classmethod
+    def of(cls, job: Job, events: list[JobEvent]) -> JobPublic:
+        return cls(id=job.id, deployment_id=job.deployment_id, action=job.action, status=job.status,
+                   error=job.error, created_by=job.created_by, created_at=job.created_at,
+                   finished_at=job.finished_at,
+                   events=[JobEventPublic(sequence=event.sequence, stage=event.stage, message=event.message,
+                                          created_at=event.created_at) for event in events])
+
+
+class DeploymentAccepted(BaseModel):
+    deployment: DeploymentSummary
+    job: JobPublic
+
+
+class Snippets(BaseModel):
+    curl: str
+    python: str
+    javascript: str
+
+
+class EndpointPublic(BaseModel):
+    url: str
+    model: str
+    live_deployment: str | None
+    snippets: Snippets
+
+
+class LoginRequest(_Request):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class TokenPublic(BaseModel):
+    token: str
+
+
+class ApiKeyCreate(_Request):
+    name: str = Field(min_length=1, max_length=128)
+    scopes: list[str] = Field(default_factory=lambda: ["inference"])
+    models: list[str] | None = None
+    expires_at: datetime | None = None
+
+
+class ApiKeyIssued(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    scopes: list[str]
+    key: str = Field(description="The secret; shown only in this response.")
+
+
+class UserCreate(_Request):
+    username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    email: str = Field(min_length=3, max_length=254)
+    password: str = Field(min_length=1, max_length=1024)
+    role: str = "developer"
+
+
+class UserCreated(BaseModel):
+    id: int
+    username: str
+    role: str

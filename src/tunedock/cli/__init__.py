@@ -1,0 +1,1 @@
+"""The ``tunedock`` command: a client of the HTTP API, plus ``serve`` to run the server."""

@@ -1,0 +1,1 @@
+"""The deployment manager: versions, jobs, replicas, the live deployment of each model."""

@@ -1,0 +1,50 @@
+"""The in-memory map from a model's slug to the replicas of its live deployment.
+
+The deployment manager writes it after the store says a deployment is live; the gateway
+reads it on every request without touching the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tunedock.replicas.backend import RunningReplica
+
+
+@dataclass
+class ReplicaTarget:
+    replica: RunningReplica
+    outstanding: int = 0
+
+
+@dataclass
+class Route:
+    model_id: int
+    slug: str
+    deployment_id: int
+    deployment_name: str
+    created: int  # Unix time the model was registered, as OpenAI's model objects give it
+    targets: list[ReplicaTarget] = field(default_factory=list)
+
+    def pick(self) -> ReplicaTarget:
+        """Return the replica with the fewest requests in flight."""
+        return min(self.targets, key=lambda target: target.outstanding)
+
+
+class RoutingTable:
+    def __init__(self) -> None:
+        self._routes: dict[str, Route] = {}
+
+    def get(self, slug: str) -> Route | None:
+        return self._routes.get(slug)
+
+    def set(self, route: Route) -> None:
+        self._routes[route.slug] = route
+
+    def remove(self, slug: str, deployment_id: int) -> None:
+        route = self._routes.get(slug)
+        if route is not None and route.deployment_id == deployment_id:
+            del self._routes[slug]
+
+    def routes(self) -> list[Route]:
+        return list(self._routes.values())

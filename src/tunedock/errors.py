@@ -1,0 +1,89 @@
+"""Domain exceptions of Tunedock.
+
+Every error that crosses a module boundary is one of these. The HTTP layers translate
+them into their error bodies (ours under ``/api/``, OpenAI's under ``/v1/``) in one
+place each, using ``status_code`` and ``code``::
+
+    TunedockError                      500 internal_error
+    ├── InvalidInput                   400 invalid_input
+    │   ├── InvalidModelDirectory      400 invalid_model_directory
+    │   └── PayloadTooLarge            413 payload_too_large
+    ├── AuthenticationFailed           401 authentication_failed
+    ├── PermissionDenied               403 permission_denied
+    ├── NotFound                       404 not_found
+    ├── Conflict                       409 conflict
+    ├── ModelNotLive                   503 model_not_live
+    └── ReplicaError                   502 replica_error
+        └── ReplicaStartFailed         502 replica_start_failed
+
+``message`` is a sentence for people: it names the object, the bad value and the next
+step. It never contains a secret or an internal stack trace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TunedockError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.param = param
+        self.details = details or {}
+
+
+class InvalidInput(TunedockError):
+    status_code = 400
+    code = "invalid_input"
+
+
+class InvalidModelDirectory(InvalidInput):
+    """A directory that cannot be registered as a model; ``code`` says which check failed."""
+
+    code = "invalid_model_directory"
+
+
+class PayloadTooLarge(InvalidInput):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class AuthenticationFailed(TunedockError):
+    status_code = 401
+    code = "authentication_failed"
+
+
+class PermissionDenied(TunedockError):
+    status_code = 403
+    code = "permission_denied"
+
+
+class NotFound(TunedockError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(TunedockError):
+    status_code = 409
+    code = "conflict"
+
+
+class ModelNotLive(TunedockError):
+    status_code = 503
+    code = "model_not_live"
+
+
+class ReplicaError(TunedockError):
+    status_code = 502
+    code = "replica_error"
+
+
+class ReplicaStartFailed(ReplicaError):
+    code = "replica_start_failed"

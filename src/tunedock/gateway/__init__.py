@@ -1,0 +1,1 @@
+"""The OpenAI-compatible inference gateway under /v1/: authenticate, route, forward."""

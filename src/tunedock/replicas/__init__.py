@@ -1,0 +1,1 @@
+"""Replica backends: where model-server processes run. Local processes today."""

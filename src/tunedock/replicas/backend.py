@@ -1,0 +1,50 @@
+"""What the deployment manager needs from a replica backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Everything one model-server process needs to start."""
+
+    deployment_id: int
+    replica_index: int
+    model_path: str
+    model_format: str
+    served_model: str
+    engine: str
+    device: str
+    threads: int | None
+    generation_defaults: dict[str, Any]
+    log_path: Path
+
+
+@dataclass
+class RunningReplica:
+    pid: int
+    port: int
+    log_path: Path
+    host: str = "127.0.0.1"
+    process: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class ReplicaBackend(Protocol):
+    async def start(self, spec: ReplicaSpec) -> RunningReplica:
+        """Start a replica and return once it is healthy; raise ReplicaStartFailed otherwise."""
+
+    async def stop(self, replica: RunningReplica) -> None:
+        """Stop a replica, gracefully first; return once it is gone."""
+
+    async def adopt(self, pid: int, port: int, log_path: Path) -> RunningReplica | None:
+        """Return a replica left by an earlier server process if it is still healthy."""
+
+    async def close(self) -> None:
+        """Release the backend's own resources; replicas are stopped separately."""

@@ -1,0 +1,37 @@
+"""The service layer that the management API, the gateway and the console share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunedock.accounts.service import AccountService
+from tunedock.catalog.registration import ModelRegistry
+from tunedock.deployments.manager import DeploymentManager
+from tunedock.deployments.routing import RoutingTable
+from tunedock.replicas.local import LocalProcessBackend
+from tunedock.settings import Settings
+from tunedock.store.database import Database
+
+
+@dataclass
+class Services:
+    settings: Settings
+    database: Database
+    accounts: AccountService
+    registry: ModelRegistry
+    deployments: DeploymentManager
+    routing: RoutingTable
+
+
+def build_services(settings: Settings) -> Services:
+    database = Database(settings.resolved_database_url)
+    routing = RoutingTable()
+    backend = LocalProcessBackend(python=settings.replica_python, start_timeout=settings.replica_start_timeout)
+    return Services(
+        settings=settings,
+        database=database,
+        accounts=AccountService(database),
+        registry=ModelRegistry(database, settings.allowed_model_roots),
+        deployments=DeploymentManager(database, backend, routing, settings.replica_logs_dir),
+        routing=routing,
+    )

@@ -1,0 +1,1 @@
+"""The store: SQLAlchemy tables, sessions and Alembic migrations. The source of truth."""
