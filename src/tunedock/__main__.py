@@ -1,0 +1,3 @@
+from tunedock.cli.main import main
+
+main()

@@ -1,0 +1,118 @@
+"""Shared fixtures: a real Tunedock server process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ADMIN_KEY = "tdk_test_admin_key_0123456789abcdef"
+ADMIN_PASSWORD = "test-admin-password"
+SERVER_START_TIMEOUT = 60.0
+JOB_TIMEOUT = 300.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    home: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=60)
+
+    def environment(self) -> dict[str, str]:
+        return server_environment(self.home, self.url)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def server_environment(home: Path, url: str | None = None) -> dict[str, str]:
+    environment = dict(os.environ, TUNEDOCK_HOME=str(home), TUNEDOCK_ADMIN_API_KEY=ADMIN_KEY,
+                       TUNEDOCK_ADMIN_PASSWORD=ADMIN_PASSWORD, HF_HUB_OFFLINE="1",
+                       TOKENIZERS_PARALLELISM="false")
+    if url is not None:
+        environment["TUNEDOCK_URL"] = url
+        environment["TUNEDOCK_TOKEN"] = ADMIN_KEY
+    return environment
+
+
+def start_server(home: Path, port: int, extra_args: tuple[str, ...] = ()) -> ServerProcess:
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "server-output.log"
+    command = [sys.executable, "-m", "tunedock", "serve", "--host", "127.0.0.1", "--port", str(port), *extra_args]
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                   env=server_environment(home), start_new_session=True)
+    server = ServerProcess(url=f"http://127.0.0.1:{port}", home=home, process=process, log_path=log_path)
+    wait_until_healthy(server)
+    return server
+
+
+def wait_until_healthy(server: ServerProcess) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise AssertionError(f"server exited with {server.process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"server did not answer /healthz within {SERVER_START_TIMEOUT} s:\n{server.log()}")
+
+
+def stop_server(server: ServerProcess) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+def wait_for_job(client: httpx.Client, job_id: int, timeout: float = JOB_TIMEOUT) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] != "in_progress":
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still in progress after {timeout} s")
+
+
+def deploy_and_wait(client: httpx.Client, model: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    response = client.post(f"/api/models/{model}/deployments", json=body or {})
+    assert response.status_code == 202, response.text
+    return wait_for_job(client, response.json()["job"]["id"])
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server process shared by the end-to-end tests of a session."""
+    running = start_server(tmp_path_factory.mktemp("server-home"), free_port())
+    yield running
+    stop_server(running)
