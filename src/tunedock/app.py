@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.engine import make_url
 
 from tunedock.accounts.service import FirstAdmin
 from tunedock.api.errors import domain_error_response, internal_error_response, validation_error_response
@@ -27,7 +28,6 @@ from tunedock.store.database import upgrade_schema
 logger = logging.getLogger(__name__)
 
 FirstAdminCallback = Callable[[FirstAdmin, Settings], None]
-StartedCallback = Callable[[Services], "asyncio.Future[None] | None"]
 
 
 def create_app(settings: Settings, on_first_admin: FirstAdminCallback | None = None,
@@ -129,6 +129,4 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _redacted(url: str) -> str:
     """Hide the password of a database URL before it is logged."""
-    from sqlalchemy.engine import make_url
-
     return make_url(url).render_as_string(hide_password=True)

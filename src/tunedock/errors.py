@@ -45,7 +45,7 @@ class InvalidInput(TunedockError):
 
 
 class InvalidModelDirectory(InvalidInput):
-    """A directory that cannot be registered as a model; ``code`` says which check failed."""
+    """A directory that cannot be registered as a model; ``code`` names the failed check."""
 
     code = "invalid_model_directory"
 

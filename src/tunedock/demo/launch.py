@@ -34,6 +34,7 @@ async def launch_demo(services: Services, announce: Callable[[str], None]) -> No
             announce(f"Demo model {demo.name} could not be deployed: {exc.message}")
             continue
         announce(_usage_text(services, model, demo))
+    announce(f"The CLI and these calls use the API key stored as 'token' in {services.settings.client_config_path}.")
 
 
 def _admin_principal(services: Services) -> Principal:

@@ -1,4 +1,4 @@
-"""Why a model cannot answer right now, in words a caller can act on."""
+"""Why a model cannot serve requests right now, in words a caller can act on."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Deployment parameters: what a deploy asks for, validated field by field.
+"""Deployment parameters: the settings a deploy requests, validated field by field.
 
 A parameter that the chosen engine cannot honour is a validation error, never a silent
 change, so every deployment row records exactly what it ran.

@@ -1,7 +1,7 @@
 """Store operations of the deployment manager, one transaction each.
 
 Every state change is written here before the manager acts on it, so that after a crash
-the store says what was in progress.
+the store records what was in progress.
 """
 
 from __future__ import annotations
@@ -54,9 +54,7 @@ def allocate_deployment(database: Database, model_reference: str, parameters: di
 def create_undeploy_job(database: Database, deployment_id: int, username: str, reason: str) -> Job:
     with database.session() as session:
         deployment = _get_deployment(session, deployment_id)
-        deployment.undeployed_by = username
-        deployment.undeploy_reason = reason
-        deployment.undeploy_started_at = utc_now()
+        _record_undeploy_start(deployment, username, reason)
         job = Job(deployment_id=deployment.id, action="undeploy", status="in_progress", created_by=username)
         session.add(job)
         session.flush()
@@ -118,10 +116,13 @@ def mark_undeployed(database: Database, deployment_id: int) -> None:
 def start_undeploy(database: Database, deployment_id: int, username: str, reason: str) -> None:
     """Record who takes a deployment down and why, before its replicas stop."""
     with database.session() as session:
-        deployment = session.get_one(Deployment, deployment_id)
-        deployment.undeployed_by = username
-        deployment.undeploy_reason = reason
-        deployment.undeploy_started_at = utc_now()
+        _record_undeploy_start(session.get_one(Deployment, deployment_id), username, reason)
+
+
+def _record_undeploy_start(deployment: Deployment, username: str, reason: str) -> None:
+    deployment.undeployed_by = username
+    deployment.undeploy_reason = reason
+    deployment.undeploy_started_at = utc_now()
 
 
 def add_replica(database: Database, deployment_id: int, index: int, pid: int, log_path: str) -> int:

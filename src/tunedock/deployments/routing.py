@@ -1,17 +1,18 @@
 """The in-memory map from a model's slug to the replicas of its live deployment.
 
-The deployment manager writes it after the store says a deployment is live; the gateway
+The deployment manager writes it after the store marks a deployment live; the gateway
 reads it on every request without touching the database.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from tunedock.replicas.backend import RunningReplica
 
 
-@dataclass
+@dataclass(eq=False)
 class ReplicaTarget:
     replica: RunningReplica
     outstanding: int = 0
@@ -26,9 +27,10 @@ class Route:
     created: int  # Unix time the model was registered, as OpenAI's model objects give it
     targets: list[ReplicaTarget] = field(default_factory=list)
 
-    def pick(self) -> ReplicaTarget:
-        """Return the replica with the fewest requests in flight."""
-        return min(self.targets, key=lambda target: target.outstanding)
+    def pick(self, exclude: Collection[ReplicaTarget] = ()) -> ReplicaTarget | None:
+        """Return the replica with the fewest requests in flight, skipping ``exclude``."""
+        candidates = [target for target in self.targets if target not in exclude]
+        return min(candidates, key=lambda target: target.outstanding, default=None)
 
 
 class RoutingTable:

@@ -26,6 +26,6 @@ def openai_error_response(status_code: int, message: str, code: str | None = Non
 
 
 def openai_domain_error_response(exc: TunedockError) -> JSONResponse:
-    # The inference API never answers 422: OpenAI clients expect 400 for any invalid request.
+    # The inference API never returns 422: OpenAI clients expect 400 for any invalid request.
     status_code = 400 if exc.status_code == 422 else exc.status_code
     return openai_error_response(status_code, exc.message, exc.code, exc.param)

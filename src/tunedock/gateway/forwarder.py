@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tunedock.accounts.identity import Principal
 from tunedock.deployments.model_state import describe_unavailable_model
-from tunedock.deployments.routing import Route
+from tunedock.deployments.routing import ReplicaTarget, Route
 from tunedock.errors import AuthenticationFailed, InvalidInput, PayloadTooLarge, PermissionDenied, ReplicaError
 from tunedock.services import Services
 
@@ -64,10 +64,11 @@ class Gateway:
     async def _send(self, route: Route, route_name: str, body: bytes) -> Response:
         assert self._http is not None, "Gateway.start() was not called"
         last_error: Exception | None = None
-        # Try each replica at most once; a connection refused before any byte was sent is
-        # safe to retry on another replica.
-        for _ in range(len(route.targets)):
-            target = route.pick()
+        tried: list[ReplicaTarget] = []
+        # A connection refused before any byte was sent is safe to retry, so each replica
+        # gets one try before the request fails.
+        while (target := route.pick(exclude=tried)) is not None:
+            tried.append(target)
             target.outstanding += 1
             try:
                 async with self._http.post(f"{target.replica.url}/v1/{route_name}", data=body,
@@ -82,7 +83,7 @@ class Gateway:
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 logger.error("replica pid %s of %s failed mid-request: %s", target.replica.pid,
                              route.deployment_name, exc)
-                raise ReplicaError(f"The model server of {route.deployment_name} failed while answering; "
+                raise ReplicaError(f"The model server of {route.deployment_name} failed while generating the response; "
                                    "retry the request.") from exc
             finally:
                 target.outstanding -= 1

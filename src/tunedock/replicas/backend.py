@@ -1,4 +1,4 @@
-"""What the deployment manager needs from a replica backend."""
+"""The replica backend interface that the deployment manager uses."""
 
 from __future__ import annotations
 
