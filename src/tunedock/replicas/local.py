@@ -22,6 +22,8 @@ POLL_INTERVAL = 0.1
 STOP_GRACE_SECONDS = 15.0
 HEALTH_TIMEOUT_SECONDS = 5.0
 FAILURE_TAIL_LINES = 12
+# The model server ends its output with one of these lines when it cannot start.
+FAILURE_LINE_MARKERS = ("model load failed:", "model server failed to start:")
 
 
 class LocalProcessBackend:
@@ -52,7 +54,7 @@ class LocalProcessBackend:
         if not await self.is_healthy(replica):
             await self.stop(replica)
             raise ReplicaStartFailed(f"Replica {spec.replica_index} listened on port {port} but failed "
-                                     f"its health check. Last log lines:\n{read_log_tail(spec.log_path)}")
+                                     f"its health check: {failure_summary(spec.log_path)}")
         return replica
 
     async def _spawn(self, spec: ReplicaSpec, port_file: Path) -> asyncio.subprocess.Process:
@@ -85,13 +87,13 @@ class LocalProcessBackend:
             if process.returncode is not None:
                 raise ReplicaStartFailed(
                     f"The model server exited with status {process.returncode} while loading "
-                    f"{spec.model_path}. Last log lines:\n{read_log_tail(spec.log_path)}")
+                    f"{spec.model_path}: {failure_summary(spec.log_path)}")
             if port_file.exists():
                 return int(port_file.read_text().strip())
             await asyncio.sleep(POLL_INTERVAL)
         raise ReplicaStartFailed(
             f"The model server did not become ready within {self.start_timeout:.0f} s "
-            f"(setting TUNEDOCK_REPLICA_START_TIMEOUT). Last log lines:\n{read_log_tail(spec.log_path)}")
+            f"(setting TUNEDOCK_REPLICA_START_TIMEOUT): {failure_summary(spec.log_path)}")
 
     async def is_healthy(self, replica: RunningReplica) -> bool:
         try:
@@ -154,6 +156,15 @@ async def _has_exited(pid: int, process: asyncio.subprocess.Process | None) -> b
         return process.returncode is not None
     # A process adopted from an earlier server is not our child; reap nothing, probe it.
     return not process_exists(pid)
+
+
+def failure_summary(log_path: Path) -> str:
+    """Return the model server's own one-line failure message, or else the end of its log."""
+    tail = read_log_tail(log_path)
+    for line in reversed(tail.splitlines()):
+        if line.startswith(FAILURE_LINE_MARKERS):
+            return f"{line.strip()} (full log: {log_path})"
+    return f"last lines of {log_path}:\n{tail}"
 
 
 def read_log_tail(log_path: Path, lines: int = FAILURE_TAIL_LINES) -> str:
