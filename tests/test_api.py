@@ -126,10 +126,14 @@ def test_invalid_parameter_stores_nothing(client: TestClient, minilm: dict[str, 
     assert client.get("/api/models/minilm/deployments", headers=AUTH).json()["items"] == []
 
 
+ALLOCATION = records.Allocation(parameters={}, description="", user_id=None, username="admin",
+                                engine_version=None)
+
+
 def test_history_pages_newest_first(client: TestClient, settings: Settings, minilm: dict[str, object]) -> None:
     database = client.app.state.services.database  # type: ignore[attr-defined]
     for _ in range(5):
-        records.allocate_deployment(database, "minilm", {}, "", None, "admin")
+        records.allocate_deployment(database, "minilm", ALLOCATION)
     first = client.get("/api/models/minilm/deployments?limit=3", headers=AUTH).json()
     second = client.get(f"/api/models/minilm/deployments?limit=3&cursor={first['next_cursor']}", headers=AUTH).json()
     versions = [item["version"] for item in first["items"] + second["items"]]
@@ -138,7 +142,7 @@ def test_history_pages_newest_first(client: TestClient, settings: Settings, mini
 
 def test_history_last_page_has_no_cursor(client: TestClient, minilm: dict[str, object]) -> None:
     database = client.app.state.services.database  # type: ignore[attr-defined]
-    records.allocate_deployment(database, "minilm", {}, "", None, "admin")
+    records.allocate_deployment(database, "minilm", ALLOCATION)
     assert client.get("/api/models/minilm/deployments", headers=AUTH).json()["next_cursor"] is None
 
 

@@ -9,7 +9,8 @@ from tunedock.replicas.backend import RunningReplica
 
 
 def make_route(outstanding: list[int]) -> Route:
-    targets = [ReplicaTarget(RunningReplica(pid=100 + index, port=9000 + index, log_path=Path("x.log")), count)
+    targets = [ReplicaTarget(RunningReplica(pid=100 + index, port=9000 + index, log_path=Path("x.log")),
+                             outstanding=count)
                for index, count in enumerate(outstanding)]
     return Route(model_id=1, slug="m", deployment_id=1, deployment_name="M_v1", created=0, targets=targets)
 

@@ -7,6 +7,7 @@ place each, using ``status_code`` and ``code``::
     TunedockError                      500 internal_error
     ├── InvalidInput                   400 invalid_input
     │   ├── InvalidModelDirectory      400 invalid_model_directory
+    │   ├── InvalidParameters          422 validation_failed
     │   └── PayloadTooLarge            413 payload_too_large
     ├── AuthenticationFailed           401 authentication_failed
     ├── PermissionDenied               403 permission_denied
@@ -48,6 +49,17 @@ class InvalidModelDirectory(InvalidInput):
     """A directory that cannot be registered as a model; ``code`` names the failed check."""
 
     code = "invalid_model_directory"
+
+
+class InvalidParameters(InvalidInput):
+    """Deployment parameters that the model, the engine or this machine cannot honour.
+
+    ``details["fields"]`` lists each problem as ``{"field", "message", "value"}``, the same
+    shape as a request that fails schema validation.
+    """
+
+    status_code = 422
+    code = "validation_failed"
 
 
 class PayloadTooLarge(InvalidInput):

@@ -8,6 +8,7 @@ from tunedock.accounts.service import AccountService
 from tunedock.catalog.registration import ModelRegistry
 from tunedock.deployments.manager import DeploymentManager
 from tunedock.deployments.routing import RoutingTable
+from tunedock.deployments.supervision import SupervisionPolicy
 from tunedock.replicas.local import LocalProcessBackend
 from tunedock.settings import Settings
 from tunedock.store.database import Database
@@ -32,6 +33,12 @@ def build_services(settings: Settings) -> Services:
         database=database,
         accounts=AccountService(database),
         registry=ModelRegistry(database, settings.allowed_model_roots),
-        deployments=DeploymentManager(database, backend, routing, settings.replica_logs_dir),
+        deployments=DeploymentManager(database, backend, routing, settings.replica_logs_dir,
+                                      supervision_policy(settings)),
         routing=routing,
     )
+
+
+def supervision_policy(settings: Settings) -> SupervisionPolicy:
+    return SupervisionPolicy(interval=settings.supervise_interval, crash_limit=settings.crash_limit,
+                             crash_window=settings.crash_window, drain_timeout=settings.drain_timeout)

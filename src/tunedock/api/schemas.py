@@ -14,7 +14,8 @@ from tunedock.deployments.parameters import (
     Optimization,
     Scaling,
 )
-from tunedock.deployments.records import duration_seconds
+from tunedock.deployments.comparison import FieldChange, changes_between
+from tunedock.deployments.records import DeploymentRecord, duration_seconds
 from tunedock.store.tables import Deployment, Job, JobEvent, Model
 
 
@@ -47,6 +48,8 @@ class ModelPublic(BaseModel):
     context_length: int | None
     live_deployment_id: int | None
     created_at: datetime
+    deleted_at: datetime | None = None
+    deleted_by: str | None = None
 
     @classmethod
     def of(cls, model: Model) -> ModelPublic:
@@ -55,7 +58,8 @@ class ModelPublic(BaseModel):
                    architecture=model.architecture, base_model=model.base_model,
                    technique=model.technique, parameter_count=model.parameter_count,
                    size_bytes=model.size_bytes, context_length=model.context_length,
-                   live_deployment_id=model.live_deployment_id, created_at=model.created_at)
+                   live_deployment_id=model.live_deployment_id, created_at=model.created_at,
+                   deleted_at=model.deleted_at, deleted_by=model.deleted_by)
 
 
 class ModelList(BaseModel):
@@ -104,6 +108,16 @@ class DeploymentPage(BaseModel):
     next_cursor: str | None
 
 
+class FieldChangePublic(BaseModel):
+    field: str
+    before: Any
+    after: Any
+
+    @classmethod
+    def of(cls, change: FieldChange) -> FieldChangePublic:
+        return cls(field=change.field, before=change.before, after=change.after)
+
+
 class DeploymentGeneral(BaseModel):
     name: str
     model: str
@@ -111,9 +125,15 @@ class DeploymentGeneral(BaseModel):
     description: str
     tags: list[str]
     technique: str | None
+    optimization: dict[str, Any]
+    engine_version: str | None
+    files_hash: str | None
     parameters: dict[str, Any]
     hardware: dict[str, Any]
     duration_seconds: float | None
+    redeploy_of: str | None = Field(description="The version whose parameters this one copied, if any.")
+    compared_with: str | None = Field(description="The previous version, which `changes` compares against.")
+    changes: list[FieldChangePublic]
 
 
 class DeploymentSection(BaseModel):
@@ -140,13 +160,20 @@ class DeploymentDetail(BaseModel):
     undeployment: UndeploymentSection | None
 
     @classmethod
-    def of(cls, deployment: Deployment, model: Model) -> DeploymentDetail:
+    def of(cls, record: DeploymentRecord) -> DeploymentDetail:
+        deployment, model, previous = record.deployment, record.model, record.previous
         duration = duration_seconds(deployment.started_at, deployment.ended_at)
+        changes = changes_between(previous, deployment) if previous is not None else []
         general = DeploymentGeneral(
             name=deployment.name, model=model.slug, version=deployment.version,
             description=deployment.description, tags=model.tags, technique=model.technique,
+            optimization=deployment.parameters.get("optimization", {}),
+            engine_version=deployment.engine_version, files_hash=deployment.files_hash,
             parameters=deployment.parameters, hardware=deployment.parameters.get("hardware", {}),
             duration_seconds=duration,
+            redeploy_of=record.origin.name if record.origin is not None else None,
+            compared_with=previous.name if previous is not None else None,
+            changes=[FieldChangePublic.of(change) for change in changes],
         )
         section = DeploymentSection(
             deployed_by=deployment.deployed_by, started_at=deployment.started_at,
@@ -162,11 +189,36 @@ class DeploymentDetail(BaseModel):
         return cls(id=deployment.id, general=general, deployment=section, undeployment=undeployment)
 
 
+class DeploymentRef(BaseModel):
+    id: int
+    name: str
+    version: int
+
+
+class DeploymentDiff(BaseModel):
+    model: str
+    a: DeploymentRef
+    b: DeploymentRef
+    changes: list[FieldChangePublic] = Field(description="Fields that differ; `before` is a's value.")
+    unchanged: list[str]
+
+
+class RedeployRequest(_Request):
+    description: str | None = Field(default=None, max_length=4000)
+    allow_changed_files: bool = Field(
+        default=False, description="Redeploy even if the model files changed since that version ran.")
+
+
 class JobEventPublic(BaseModel):
     sequence: int
     stage: str
     message: str
     created_at: datetime
+
+    @classmethod
+    def of(cls, event: JobEvent) -> JobEventPublic:
+        return cls(sequence=event.sequence, stage=event.stage, message=event.message,
+                   created_at=event.created_at)
 
 
 class JobPublic(BaseModel):
@@ -176,6 +228,7 @@ class JobPublic(BaseModel):
     status: str
     error: str | None
     created_by: str
+    cancel_requested_by: str | None
     created_at: datetime
     finished_at: datetime | None
     events: list[JobEventPublic]
@@ -183,10 +236,9 @@ class JobPublic(BaseModel):
     @classmethod
     def of(cls, job: Job, events: list[JobEvent]) -> JobPublic:
         return cls(id=job.id, deployment_id=job.deployment_id, action=job.action, status=job.status,
-                   error=job.error, created_by=job.created_by, created_at=job.created_at,
-                   finished_at=job.finished_at,
-                   events=[JobEventPublic(sequence=event.sequence, stage=event.stage, message=event.message,
-                                          created_at=event.created_at) for event in events])
+                   error=job.error, created_by=job.created_by, cancel_requested_by=job.cancel_requested_by,
+                   created_at=job.created_at, finished_at=job.finished_at,
+                   events=[JobEventPublic.of(event) for event in events])
 
 
 class DeploymentAccepted(BaseModel):

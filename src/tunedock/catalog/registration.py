@@ -57,12 +57,14 @@ class ModelRegistry:
             return find_model(session, reference)
 
 
-def find_model(session: Session, reference: str) -> Model:
-    """Find a model that is not deleted by its id, slug or exact name."""
+def find_model(session: Session, reference: str, include_deleted: bool = False) -> Model:
+    """Find a model by its id, slug or exact name; deleted ones only when asked for."""
     conditions = [Model.slug == reference, Model.name == reference]
     if reference.isdigit():
         conditions.append(Model.id == int(reference))
-    query = select(Model).where(or_(*conditions), Model.deleted_at.is_(None))
+    query = select(Model).where(or_(*conditions))
+    if not include_deleted:
+        query = query.where(Model.deleted_at.is_(None))
     model = session.scalars(query).first()
     if model is None:
         raise NotFound(f"Model {reference!r} not found; `tunedock models list` shows the registered models.",
@@ -72,6 +74,9 @@ def find_model(session: Session, reference: str) -> Model:
 
 def _reject_duplicate(session: Session, name: str, slug: str) -> None:
     existing = session.scalars(select(Model).where(or_(Model.name == name, Model.slug == slug))).first()
+    if existing is not None and existing.deleted_at is not None:
+        raise Conflict(f"The name {existing.name!r} (slug {existing.slug!r}) belongs to a deleted model whose "
+                       "history is kept; choose another name.", code="model_exists")
     if existing is not None:
         raise Conflict(f"A model named {existing.name!r} (slug {existing.slug!r}) is already registered; "
                        "choose another name.", code="model_exists")

@@ -6,14 +6,22 @@ change, so every deployment row records exactly what it ran.
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tunedock.errors import InvalidParameters
 
 ENGINES = ("transformers", "ctranslate2", "vllm")
 # Engines that this build can run; the others are accepted names that fail validation.
 AVAILABLE_ENGINES = ("transformers",)
 MAX_STOP_SEQUENCES = 4
+QUANTIZATIONS = ("none", "int8", "int8_float16", "float16", "bfloat16", "awq", "gptq")
+# What each available engine runs, by device type: its weights are never changed silently.
+SUPPORTED_QUANTIZATION: dict[str, dict[str, tuple[str, ...]]] = {
+    "transformers": {"cpu": ("none",), "cuda": ("none",)},
+}
 
 
 class _Section(BaseModel):
@@ -63,8 +71,8 @@ class Hardware(_Section):
 
 class Optimization(_Section):
     engine: Literal["transformers", "ctranslate2", "vllm"] = "transformers"
-    quantization: Literal["none"] | None = Field(
-        default=None, description="Quantization of the weights; the transformers engine runs them as stored."
+    quantization: Literal["none", "int8", "int8_float16", "float16", "bfloat16", "awq", "gptq"] = Field(
+        default="none", description="Quantization of the weights; `none` runs them as stored."
     )
 
     @field_validator("engine")
@@ -82,3 +90,55 @@ class DeploymentParameters(_Section):
     scaling: Scaling = Field(default_factory=Scaling)
     hardware: Hardware = Field(default_factory=Hardware)
     optimization: Optimization = Field(default_factory=Optimization)
+
+
+@dataclass(frozen=True)
+class DeployTarget:
+    """What a deploy's parameters are checked against: the model and this machine."""
+
+    model_name: str
+    context_length: int | None
+    cuda_devices: int
+
+
+def resolve_defaults(parameters: DeploymentParameters, target: DeployTarget) -> DeploymentParameters:
+    """Fit defaults the caller did not set to the model, e.g. max_tokens to a short context."""
+    generation = parameters.generation
+    context = target.context_length
+    if "max_tokens" not in generation.model_fields_set and context is not None and generation.max_tokens > context:
+        fitted = generation.model_copy(update={"max_tokens": context})
+        return parameters.model_copy(update={"generation": fitted})
+    return parameters
+
+
+def check_deployable(parameters: DeploymentParameters, target: DeployTarget) -> None:
+    """Raise InvalidParameters listing every parameter the model or machine cannot honour."""
+    problems: list[dict[str, Any]] = []
+    max_tokens = parameters.generation.max_tokens
+    if target.context_length is not None and max_tokens > target.context_length:
+        problems.append(_problem(
+            "generation.max_tokens", max_tokens,
+            f"must be at most the context length of {target.model_name} ({target.context_length})"))
+    device = parameters.hardware.device
+    device_type, _, index = device.partition(":")
+    if device_type == "cuda":
+        wanted = int(index) if index else 0
+        if wanted >= target.cuda_devices:
+            problems.append(_problem(
+                "hardware.device", device,
+                f"is not available: this machine has {target.cuda_devices} CUDA device(s); use 'cpu'"
+                + (f" or 'cuda:0' to 'cuda:{target.cuda_devices - 1}'" if target.cuda_devices else "")))
+    engine = parameters.optimization.engine
+    supported = SUPPORTED_QUANTIZATION.get(engine, {}).get(device_type, ())
+    quantization = parameters.optimization.quantization
+    if quantization not in supported:
+        problems.append(_problem(
+            "optimization.quantization", quantization,
+            f"is not supported by engine {engine!r} on {device_type}; use one of {list(supported)}"))
+    if problems:
+        summary = "; ".join(f"{item['field']} {item['value']!r} {item['message']}" for item in problems)
+        raise InvalidParameters(f"Invalid deployment parameters: {summary}.", details={"fields": problems})
+
+
+def _problem(field: str, value: object, message: str) -> dict[str, Any]:
+    return {"field": field, "message": message, "value": value}

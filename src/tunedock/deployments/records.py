@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from tunedock.catalog.registration import find_model
-from tunedock.errors import NotFound
+from tunedock.errors import Conflict, NotFound
 from tunedock.store.database import Database
 from tunedock.store.tables import Deployment, Job, JobEvent, Model, Replica, utc_now
 
@@ -26,8 +26,20 @@ class NewDeployment:
     job: Job
 
 
-def allocate_deployment(database: Database, model_reference: str, parameters: dict[str, Any],
-                        description: str, user_id: int | None, username: str) -> NewDeployment:
+@dataclass(frozen=True)
+class Allocation:
+    """What a new deployment row records besides its model and number."""
+
+    parameters: dict[str, Any]
+    description: str
+    user_id: int | None
+    username: str
+    engine_version: str | None
+    files_hash: str | None = None
+    origin: Deployment | None = None
+
+
+def allocate_deployment(database: Database, model_reference: str, allocation: Allocation) -> NewDeployment:
     """Write a new deployment version and its deploy job in one transaction."""
     with database.session() as session:
         model = find_model(session, model_reference)
@@ -37,16 +49,24 @@ def allocate_deployment(database: Database, model_reference: str, parameters: di
             update(Model).where(Model.id == model.id)
             .values(last_version=Model.last_version + 1).returning(Model.last_version)
         ).scalar_one()
+        origin = allocation.origin
         deployment = Deployment(
-            model_id=model.id, version=version, name=f"{model.name}_v{version}", description=description,
-            parameters=parameters, status="deploying", deployed_by_id=user_id, deployed_by=username,
+            model_id=model.id, version=version, name=f"{model.name}_v{version}",
+            description=allocation.description, parameters=allocation.parameters, status="deploying",
+            deployed_by_id=allocation.user_id, deployed_by=allocation.username,
+            engine_version=allocation.engine_version, files_hash=allocation.files_hash,
+            origin_deployment_id=origin.id if origin is not None else None,
         )
         session.add(deployment)
         session.flush()
-        job = Job(deployment_id=deployment.id, action="deploy", status="in_progress", created_by=username)
+        job = Job(deployment_id=deployment.id, action="deploy", status="in_progress",
+                  created_by=allocation.username)
         session.add(job)
         session.flush()
-        _add_event(session, job.id, "queued", f"Deploy of {deployment.name} requested by {username}")
+        requested = f"Deploy of {deployment.name} requested by {allocation.username}"
+        if origin is not None:
+            requested += f" with the parameters of {origin.name}"
+        _add_event(session, job.id, "queued", requested)
         session.refresh(model)
         return NewDeployment(model=model, deployment=deployment, job=job)
 
@@ -165,6 +185,12 @@ def live_deployments(database: Database) -> list[tuple[Model, Deployment]]:
         return [(model, deployment) for model, deployment in session.execute(query).all()]
 
 
+def find_live_model(database: Database, model_reference: str) -> Model:
+    """Find a model that is not deleted."""
+    with database.session() as session:
+        return find_model(session, model_reference)
+
+
 def get_deployment(database: Database, deployment_id: int) -> Deployment:
     with database.session() as session:
         return _get_deployment(session, deployment_id)
@@ -195,15 +221,98 @@ def get_job(database: Database, job_id: int) -> tuple[Job, list[JobEvent]]:
 
 
 def history(database: Database, model_reference: str, before_version: int | None,
-            limit: int) -> tuple[Model, list[Deployment]]:
-    """Return a model and one page of its deployments, newest first."""
+            limit: int, status: str | None = None) -> tuple[Model, list[Deployment]]:
+    """Return a model, deleted or not, and one page of its deployments, newest first."""
     with database.session() as session:
-        model = find_model(session, model_reference)
+        model = find_model(session, model_reference, include_deleted=True)
         query = select(Deployment).where(Deployment.model_id == model.id)
+        if status is not None:
+            query = query.where(Deployment.status == status)
         if before_version is not None:
             query = query.where(Deployment.version < before_version)
         query = query.order_by(Deployment.version.desc()).limit(limit)
         return model, list(session.scalars(query))
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    """One deployment with its model and the version before it, for the detail view."""
+
+    deployment: Deployment
+    model: Model
+    previous: Deployment | None
+    origin: Deployment | None
+
+
+def deployment_record(database: Database, deployment_id: int) -> DeploymentRecord:
+    with database.session() as session:
+        deployment = _get_deployment(session, deployment_id)
+        model = session.get_one(Model, deployment.model_id)
+        previous = session.scalars(
+            select(Deployment).where(Deployment.model_id == model.id, Deployment.version < deployment.version)
+            .order_by(Deployment.version.desc()).limit(1)).first()
+        origin = None
+        if deployment.origin_deployment_id is not None:
+            origin = session.get(Deployment, deployment.origin_deployment_id)
+        return DeploymentRecord(deployment=deployment, model=model, previous=previous, origin=origin)
+
+
+def find_version(database: Database, model_reference: str, version: int) -> Deployment:
+    with database.session() as session:
+        model = find_model(session, model_reference, include_deleted=True)
+        deployment = session.scalars(select(Deployment).where(
+            Deployment.model_id == model.id, Deployment.version == version)).first()
+        if deployment is None:
+            raise NotFound(f"Model {model.name!r} has no version {version} (its versions run from 1 to "
+                           f"{model.last_version}).", code="deployment_not_found")
+        return deployment
+
+
+def request_cancel(database: Database, job_id: int, username: str) -> Job:
+    """Record who asked to cancel an in-progress deploy job, or say why it cannot be."""
+    with database.session() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"Job {job_id} not found; check the id returned by the deploy call.",
+                           code="job_not_found")
+        if job.action != "deploy":
+            raise Conflict(f"Job {job_id} is an {job.action}; only deploy jobs can be cancelled.",
+                           code="job_not_cancellable")
+        if job.status != "in_progress":
+            raise Conflict(f"Job {job_id} has already ended ({job.status}); there is nothing to cancel.",
+                           code="job_finished")
+        if job.cancel_requested_by is None:
+            job.cancel_requested_by = username
+            _add_event(session, job.id, "cancelling", f"Cancel requested by {username}")
+        return job
+
+
+def delete_model(database: Database, model_reference: str, username: str) -> Model:
+    """Mark a model deleted; its deployments and jobs stay readable."""
+    with database.session() as session:
+        model = find_model(session, model_reference)
+        if model.live_deployment_id is not None:
+            live = session.get_one(Deployment, model.live_deployment_id)
+            raise Conflict(f"Model {model.name!r} is live as {live.name}; un-deploy it first "
+                           f"(`tunedock undeploy {model.slug}`).", code="model_live")
+        deploying = session.scalars(select(Deployment).where(
+            Deployment.model_id == model.id, Deployment.status == "deploying")).first()
+        if deploying is not None:
+            raise Conflict(f"Model {model.name!r} is deploying {deploying.name}; cancel its job or wait for it "
+                           "to end, then delete the model.", code="deployment_in_progress")
+        model.deleted_at = utc_now()
+        model.deleted_by = username
+        return model
+
+
+def set_files_hash(database: Database, deployment_id: int, files_hash: str) -> None:
+    with database.session() as session:
+        session.get_one(Deployment, deployment_id).files_hash = files_hash
+
+
+def cancel_requester(database: Database, job_id: int) -> str | None:
+    with database.session() as session:
+        return session.get_one(Job, job_id).cancel_requested_by
 
 
 def duration_seconds(started_at: datetime, ended_at: datetime | None) -> float | None:

@@ -6,6 +6,7 @@ reads it on every request without touching the database.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -15,6 +16,8 @@ from tunedock.replicas.backend import RunningReplica
 @dataclass(eq=False)
 class ReplicaTarget:
     replica: RunningReplica
+    replica_id: int = 0  # the replica's row in the store
+    index: int = 0
     outstanding: int = 0
 
 
@@ -26,6 +29,14 @@ class Route:
     deployment_name: str
     created: int  # Unix time the model was registered, as OpenAI's model objects give it
     targets: list[ReplicaTarget] = field(default_factory=list)
+    last_request_at: float = field(default_factory=time.monotonic)
+
+    def touch(self) -> None:
+        """Note a request, for the idle clock of automatic un-deploys."""
+        self.last_request_at = time.monotonic()
+
+    def in_flight(self) -> int:
+        return sum(target.outstanding for target in self.targets)
 
     def pick(self, exclude: Collection[ReplicaTarget] = ()) -> ReplicaTarget | None:
         """Return the replica with the fewest requests in flight, skipping ``exclude``."""

@@ -65,6 +65,7 @@ class Gateway:
         assert self._http is not None, "Gateway.start() was not called"
         last_error: Exception | None = None
         tried: list[ReplicaTarget] = []
+        route.touch()
         # A connection refused before any byte was sent is safe to retry, so each replica
         # gets one try before the request fails.
         while (target := route.pick(exclude=tried)) is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,9 +37,23 @@ class RunningReplica:
         return f"http://{self.host}:{self.port}"
 
 
+# Called with the process id as soon as a replica's process exists, before it is ready,
+# so that the store knows about every process even if the control plane dies mid-load.
+SpawnCallback = Callable[[int], Awaitable[None]]
+
+
 class ReplicaBackend(Protocol):
-    async def start(self, spec: ReplicaSpec) -> RunningReplica:
+    async def start(self, spec: ReplicaSpec, on_spawn: SpawnCallback | None = None) -> RunningReplica:
         """Start a replica and return once it is healthy; raise ReplicaStartFailed otherwise."""
+
+    async def is_healthy(self, replica: RunningReplica) -> bool:
+        """Return whether the replica answers its health check."""
+
+    def has_exited(self, replica: RunningReplica) -> bool:
+        """Return whether the replica's process is gone."""
+
+    def last_words(self, replica: RunningReplica) -> str:
+        """Return the replica's own failure message, or the end of its log."""
 
     async def stop(self, replica: RunningReplica) -> None:
         """Stop a replica, gracefully first; return once it is gone."""

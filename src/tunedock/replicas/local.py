@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from tunedock.errors import ReplicaStartFailed
-from tunedock.replicas.backend import ReplicaSpec, RunningReplica
+from tunedock.replicas.backend import ReplicaSpec, RunningReplica, SpawnCallback
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class LocalProcessBackend:
             self._http = aiohttp.ClientSession(timeout=timeout)
         return self._http
 
-    async def start(self, spec: ReplicaSpec) -> RunningReplica:
+    async def start(self, spec: ReplicaSpec, on_spawn: SpawnCallback | None = None) -> RunningReplica:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         port_file = spec.log_path.with_suffix(".port")
         port_file.unlink(missing_ok=True)
@@ -46,6 +46,8 @@ class LocalProcessBackend:
         logger.info("replica %s of deployment %s started as pid %s",
                     spec.replica_index, spec.deployment_id, process.pid)
         try:
+            if on_spawn is not None:
+                await on_spawn(process.pid)
             port = await self._wait_for_port(process, port_file, spec)
         except BaseException:
             await _terminate(process.pid, process)
@@ -104,11 +106,22 @@ class LocalProcessBackend:
             return False
 
     async def stop(self, replica: RunningReplica) -> None:
+        if replica.process is None and not is_model_server(replica.pid):
+            logger.info("replica pid %s is already gone", replica.pid)
+            return
         await _terminate(replica.pid, replica.process)
         logger.info("replica pid %s on port %s stopped", replica.pid, replica.port)
 
+    def has_exited(self, replica: RunningReplica) -> bool:
+        if replica.process is not None:
+            return bool(replica.process.returncode is not None)
+        return not process_exists(replica.pid)
+
+    def last_words(self, replica: RunningReplica) -> str:
+        return failure_summary(replica.log_path)
+
     async def adopt(self, pid: int, port: int, log_path: Path) -> RunningReplica | None:
-        if not process_exists(pid):
+        if not is_model_server(pid):
             return None
         replica = RunningReplica(pid=pid, port=port, log_path=log_path)
         return replica if await self.is_healthy(replica) else None
@@ -116,6 +129,15 @@ class LocalProcessBackend:
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
+
+
+def is_model_server(pid: int) -> bool:
+    """Return whether ``pid`` is a live model-server process, not a reused process id."""
+    try:
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return process_exists(pid) and not Path("/proc/self").exists()
+    return b"tunedock.runtime" in command_line
 
 
 def process_exists(pid: int) -> bool:

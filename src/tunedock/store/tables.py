@@ -114,6 +114,7 @@ class Model(Base):
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    deleted_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Deployment(Base):
@@ -125,7 +126,12 @@ class Deployment(Base):
     version: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(160))
     description: Mapped[str] = mapped_column(Text, default="")
+    # The resolved parameters, every default filled in: exactly what the replicas ran with.
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    files_hash: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    engine_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Set on a redeploy of an earlier version: the deployment whose parameters were copied.
+    origin_deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"), nullable=True)
     status: Mapped[str] = mapped_column(String(16))  # deploying, success, failed
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     deployed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
@@ -147,6 +153,7 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16))  # in_progress, success, failed
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_by: Mapped[str] = mapped_column(String(64))
+    cancel_requested_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 
 from tunedock.api.dependencies import ReaderDep, ServicesDep, WriterDep
 from tunedock.api.schemas import EndpointPublic, ModelCreate, ModelList, ModelPublic, Snippets
+from tunedock.deployments import records
 from tunedock.endpoints import snippets
 
 router = APIRouter(prefix="/api/models", tags=["models"])
@@ -26,6 +29,13 @@ def list_models(services: ServicesDep, principal: ReaderDep) -> ModelList:
 @router.get("/{model}")
 def get_model(model: str, services: ServicesDep, principal: ReaderDep) -> ModelPublic:
     return ModelPublic.of(services.registry.get(model))
+
+
+@router.delete("/{model}")
+async def delete_model(model: str, services: ServicesDep, principal: WriterDep) -> ModelPublic:
+    """Delete a model that is not live; its deployment history stays readable."""
+    deleted = await asyncio.to_thread(records.delete_model, services.database, model, principal.username)
+    return ModelPublic.of(deleted)
 
 
 @router.get("/{model}/endpoint")
