@@ -58,13 +58,15 @@ def server_environment(home: Path, url: str | None = None) -> dict[str, str]:
     return environment
 
 
-def start_server(home: Path, port: int, extra_args: tuple[str, ...] = ()) -> ServerProcess:
+def start_server(home: Path, port: int, extra_args: tuple[str, ...] = (),
+                 extra_env: dict[str, str] | None = None) -> ServerProcess:
     home.mkdir(parents=True, exist_ok=True)
     log_path = home / "server-output.log"
     command = [sys.executable, "-m", "tunedock", "serve", "--host", "127.0.0.1", "--port", str(port), *extra_args]
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env=server_environment(home), start_new_session=True)
+                                   env={**server_environment(home), **(extra_env or {})},
+                                   start_new_session=True)
     server = ServerProcess(url=f"http://127.0.0.1:{port}", home=home, process=process, log_path=log_path)
     wait_until_healthy(server)
     return server
