@@ -21,6 +21,24 @@ SERVER_START_TIMEOUT = 60.0
 JOB_TIMEOUT = 300.0
 
 
+def model_server_pids(fragment: str | Path) -> list[int]:
+    """Process ids of model servers whose command line contains ``fragment`` (a path, say).
+
+    Read from /proc rather than ps, whose output is cut to 80 columns without a terminal.
+    """
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            arguments = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "tunedock.runtime" in arguments and str(fragment) in arguments:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, deploy_and_wait
+from tests.conftest import ServerProcess, deploy_and_wait, model_server_pids
 from tunedock.demo.registry import demo_models_root
 
 pytestmark = pytest.mark.e2e
@@ -54,8 +53,7 @@ def test_failed_load_history_status(failed_job: dict[str, Any], api: httpx.Clien
 
 
 def test_failed_load_leaves_no_process(failed_job: dict[str, Any], broken_model_dir: Path) -> None:
-    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    assert str(broken_model_dir) not in listing
+    assert model_server_pids(broken_model_dir) == []
 
 
 def test_failed_model_gets_503_with_reason(failed_job: dict[str, Any], api: httpx.Client) -> None:

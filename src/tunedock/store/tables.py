@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -119,7 +120,11 @@ class Model(Base):
 
 class Deployment(Base):
     __tablename__ = "deployments"
-    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_deployments_model_version"),)
+    __table_args__ = (
+        UniqueConstraint("model_id", "version", name="uq_deployments_model_version"),
+        # History filtered by status reads one page, not every row of a long history.
+        Index("ix_deployments_model_status_version", "model_id", "status", "version"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)

@@ -22,6 +22,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column('origin_deployment_id', sa.Integer(), nullable=True))
         batch.create_foreign_key(op.f('fk_deployments_origin_deployment_id_deployments'), 'deployments',
                                  ['origin_deployment_id'], ['id'])
+    op.create_index('ix_deployments_model_status_version', 'deployments', ['model_id', 'status', 'version'])
     with op.batch_alter_table('jobs') as batch:
         batch.add_column(sa.Column('cancel_requested_by', sa.String(length=64), nullable=True))
     with op.batch_alter_table('models') as batch:
@@ -33,6 +34,7 @@ def downgrade() -> None:
         batch.drop_column('deleted_by')
     with op.batch_alter_table('jobs') as batch:
         batch.drop_column('cancel_requested_by')
+    op.drop_index('ix_deployments_model_status_version', table_name='deployments')
     with op.batch_alter_table('deployments') as batch:
         batch.drop_constraint(op.f('fk_deployments_origin_deployment_id_deployments'), type_='foreignkey')
         batch.drop_column('origin_deployment_id')
