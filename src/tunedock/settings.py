@@ -122,10 +122,10 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="Seconds before the first retry. Each later retry waits twice as long."
     )
     notify_retry_max_seconds: float = Field(
-        default=3600.0, gt=0, description="Longest wait in seconds between two delivery attempts."
+        default=3600.0, gt=0, description="Maximum wait in seconds between two delivery attempts."
     )
     webhook_timeout: float = Field(
-        default=10.0, gt=0, description="Seconds a webhook request may take before it is retried."
+        default=10.0, gt=0, description="Seconds a webhook request may take before it counts as a failed attempt."
     )
 
     @field_validator("model_roots", mode="before")
