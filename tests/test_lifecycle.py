@@ -281,3 +281,11 @@ def test_deleted_model_cannot_deploy(retired: dict[str, Any], api: httpx.Client)
 
 def test_live_model_cannot_be_deleted(versions: dict[str, Any], api: httpx.Client) -> None:
     assert api.delete(f"/api/models/{versions['model']['slug']}").json()["error"]["code"] == "model_live"
+
+
+def test_replica_refuses_calls_without_gateway_token(versions: dict[str, Any], api: httpx.Client,
+                                                     server: ServerProcess) -> None:
+    live_id = api.get(f"/api/models/{versions['model']['slug']}").json()["live_deployment_id"]
+    port = (server.home / "logs" / "replicas" / f"deployment-{live_id}-replica-0.port").read_text().strip()
+    response = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=T5_PROMPT, timeout=30)
+    assert response.status_code == 401

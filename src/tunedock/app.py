@@ -12,10 +12,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from sqlalchemy.engine import make_url
 
 from tunedock.accounts.service import FirstAdmin
-from tunedock.api.errors import domain_error_response, internal_error_response, validation_error_response
+from tunedock.api.errors import (
+    domain_error_response,
+    error_body,
+    internal_error_response,
+    validation_error_response,
+)
 from tunedock.api.routes import accounts, deployments, models
 from tunedock.errors import TunedockError
 from tunedock.gateway import routes as inference
@@ -118,6 +124,21 @@ def _install_error_handlers(app: FastAPI) -> None:
             first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
             return openai_error_response(400, f"Invalid request: {first['msg']}.", "invalid_request")
         return validation_error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unknown paths and wrong methods get the same error bodies as every other failure.
+        if exc.status_code == 404:
+            message = f"No route {request.url.path}; the API reference is at /docs."
+            code = "route_not_found"
+        elif exc.status_code == 405:
+            message = f"Method {request.method} is not allowed on {request.url.path}; the API reference is at /docs."
+            code = "method_not_allowed"
+        else:
+            message, code = str(exc.detail), "http_error"
+        if is_inference(request):
+            return openai_error_response(exc.status_code, message, code)
+        return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -10,6 +10,7 @@ from tunedock.deployments.manager import DeploymentManager
 from tunedock.deployments.routing import RoutingTable
 from tunedock.deployments.supervision import SupervisionPolicy
 from tunedock.replicas.local import LocalProcessBackend
+from tunedock.replicas.token import load_or_create_replica_token
 from tunedock.settings import Settings
 from tunedock.store.database import Database
 
@@ -22,12 +23,15 @@ class Services:
     registry: ModelRegistry
     deployments: DeploymentManager
     routing: RoutingTable
+    replica_token: str
 
 
 def build_services(settings: Settings) -> Services:
     database = Database(settings.resolved_database_url)
     routing = RoutingTable()
-    backend = LocalProcessBackend(python=settings.replica_python, start_timeout=settings.replica_start_timeout)
+    replica_token = load_or_create_replica_token(settings.home_dir)
+    backend = LocalProcessBackend(python=settings.replica_python, start_timeout=settings.replica_start_timeout,
+                                  token=replica_token)
     return Services(
         settings=settings,
         database=database,
@@ -36,6 +40,7 @@ def build_services(settings: Settings) -> Services:
         deployments=DeploymentManager(database, backend, routing, settings.replica_logs_dir,
                                       supervision_policy(settings)),
         routing=routing,
+        replica_token=replica_token,
     )
 
 

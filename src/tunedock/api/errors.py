@@ -37,8 +37,16 @@ def validation_error_response(exc: RequestValidationError) -> JSONResponse:
     """Return 422 with one entry per invalid field: where it is, its value and what is allowed."""
     fields = []
     for problem in exc.errors():
+        if problem["type"] == "json_invalid":
+            reason = problem.get("ctx", {}).get("error", "invalid JSON")
+            position = problem["loc"][-1] if problem["loc"] else "?"
+            return JSONResponse(error_body(
+                "invalid_json", f"The request body is not valid JSON ({reason} at character {position}); "
+                "send a JSON object."), status_code=400)
         location = ".".join(str(part) for part in problem["loc"] if part != "body")
-        fields.append({"field": location, "message": problem["msg"], "value": jsonable_encoder(problem.get("input"))})
+        message = problem["msg"].removeprefix("Value error, ")
+        value = None if problem["type"] == "missing" else jsonable_encoder(problem.get("input"))
+        fields.append({"field": location, "message": message, "value": value})
     summary = "; ".join(f"{item['field'] or 'body'}: {item['message']}" for item in fields)
     return JSONResponse(
         error_body("validation_failed", f"Invalid request: {summary}.", details={"fields": fields}),

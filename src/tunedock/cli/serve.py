@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import uvicorn
 
 from tunedock.accounts.service import FirstAdmin
 from tunedock.app import create_app
+from tunedock.errors import Conflict
+from tunedock.home_lock import HomeLock
 from tunedock.settings import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -28,10 +31,32 @@ def run_server(host: str | None, port: int | None, home: Path | None, demo: bool
         def on_started(services: Any) -> Any:
             return launch_demo(services, typer.echo)
 
+    lock = HomeLock(settings.home_dir)
+    try:
+        lock.acquire(settings.base_url)
+        _check_port_free(settings.host, settings.port)
+    except Conflict as exc:
+        lock.release()
+        typer.echo(f"Error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
     app = create_app(settings, on_first_admin=_show_first_admin, on_started=on_started)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, timeout_graceful_shutdown=30)
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        lock.release()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before anything is created if the listen address is taken."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise Conflict(f"Cannot listen on {host}:{port} ({exc.strerror}); stop what uses that port or pick "
+                           "another with --port or TUNEDOCK_PORT.", code="port_in_use") from None
 
 
 def _show_first_admin(first_admin: FirstAdmin, settings: Settings) -> None:

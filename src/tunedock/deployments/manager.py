@@ -245,8 +245,10 @@ class DeploymentManager:
         self._starting.pop(deployment.id, None)
         self._serve(model, deployment, parameters, started)
         if previous_id is not None and previous_id != deployment.id:
+            previous = self._serving.get(previous_id)
+            previous_name = previous.deployment.name if previous is not None else f"deployment {previous_id}"
             await self._event(job_id, "draining_previous",
-                              f"Draining the previous version (deployment {previous_id}) and un-deploying it")
+                              f"Draining the previous version {previous_name} and un-deploying it")
             await self._retire(previous_id, f"superseded by {deployment.name}")
 
     async def _fail_deploy(self, job_id: int, deployment: Deployment, reason: str) -> None:

@@ -27,6 +27,8 @@ class Gateway:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._http: aiohttp.ClientSession | None = None
+        self._replica_headers = {"Content-Type": "application/json",
+                                 "Authorization": f"Bearer {services.replica_token}"}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None)
@@ -73,7 +75,7 @@ class Gateway:
             target.outstanding += 1
             try:
                 async with self._http.post(f"{target.replica.url}/v1/{route_name}", data=body,
-                                           headers={"Content-Type": "application/json"}) as reply:
+                                           headers=self._replica_headers) as reply:
                     content = await reply.read()
                     return Response(content, status_code=reply.status,
                                     media_type=reply.headers.get("Content-Type", "application/json"))

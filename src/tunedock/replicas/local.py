@@ -27,9 +27,10 @@ FAILURE_LINE_MARKERS = ("model load failed:", "model server failed to start:")
 
 
 class LocalProcessBackend:
-    def __init__(self, python: str, start_timeout: float) -> None:
+    def __init__(self, python: str, start_timeout: float, token: str | None = None) -> None:
         self.python = python
         self.start_timeout = start_timeout
+        self.token = token
         self._http: aiohttp.ClientSession | None = None
 
     def _session(self) -> aiohttp.ClientSession:
@@ -74,6 +75,8 @@ class LocalProcessBackend:
             command += ["--threads", str(spec.threads)]
         environment = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
                            TOKENIZERS_PARALLELISM="false")
+        if self.token is not None:
+            environment["TUNEDOCK_REPLICA_TOKEN"] = self.token
         with spec.log_path.open("ab") as log_file:
             # A new session keeps the replica alive across a crash of the control plane, so a
             # restarted server can adopt it, and lets stop() signal its whole process group.

@@ -15,6 +15,7 @@ traceback, and the client gets a fixed 500 message.
 from __future__ import annotations
 
 import functools
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tunedock.errors import InvalidInput, TunedockError
+from tunedock.errors import AuthenticationFailed, InvalidInput, TunedockError
 from tunedock.runtime.engines.base import Engine, ModelFormat
 from tunedock.runtime.generation_defaults import GenerationDefaults
 from tunedock.runtime.openai_requests import (parse_chat_request, parse_completion_request,
@@ -56,6 +57,8 @@ class ServerSettings:
     model_path: str
     served_model: str
     generation_defaults: GenerationDefaults
+    # When set, every /v1 request must carry it as a Bearer token: only the gateway knows it.
+    access_token: str | None = None
 
 
 def create_app(engine: Engine, settings: ServerSettings) -> Starlette:
@@ -75,6 +78,11 @@ def _openai_errors(handler: RouteMethod) -> RouteMethod:
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Request) -> Response:
+        if not self.authorized(request):
+            logger.warning("%s %s refused: missing or wrong replica token", request.method, request.url.path)
+            return OrjsonResponse(error_body(AuthenticationFailed(
+                "This model server answers only the Tunedock gateway; call the model through the "
+                "server's /v1 endpoint with an API key.", code="replica_token_required")), status_code=401)
         try:
             return await handler(self, request)
         except TunedockError as error:
@@ -100,6 +108,13 @@ class _ModelService:
 
     async def health(self, request: Request) -> Response:
         return OrjsonResponse(self._health)
+
+    def authorized(self, request: Request) -> bool:
+        token = self._settings.access_token
+        if token is None:
+            return True
+        offered = request.headers.get("authorization", "")
+        return hmac.compare_digest(offered.encode(), f"Bearer {token}".encode())
 
     @_openai_errors
     async def completions(self, request: Request) -> Response:
@@ -140,7 +155,7 @@ class _ModelService:
     def _wrong_format(self, path: str, supported: str) -> InvalidInput:
         model_format = self._engine.model_format
         return InvalidInput(
-            f"This model server serves a model of format {model_format!r}, which does not support {path}; use {supported}.",
+            f"This model server serves a model of format '{model_format.value}', which does not support {path}; use {supported}.",
             param="model", code="unsupported_model_format")
 
 

@@ -65,7 +65,8 @@ def _serve(engine: Engine, model_path: Path, args: argparse.Namespace) -> int:
     defaults = resolve_generation_defaults(read_model_generation_defaults(model_path), args.generation_defaults)
     logger.info("Defaults for unset request parameters: %s", defaults)
     settings = ServerSettings(model_path=str(model_path), served_model=args.served_model or model_path.name,
-                              generation_defaults=defaults)
+                              generation_defaults=defaults,
+                              access_token=os.environ.pop(REPLICA_TOKEN_VARIABLE, None) or None)
     app = create_app(engine, settings)
     try:
         sock = bind_listening_socket(args.host)
@@ -106,6 +107,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, type=str.upper,
                         help="Logging level (default: %(default)s).")
     return parser
+
+
+REPLICA_TOKEN_VARIABLE = "TUNEDOCK_REPLICA_TOKEN"
 
 
 def _configure_environment(threads: int | None) -> None:
