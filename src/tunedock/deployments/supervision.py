@@ -59,8 +59,8 @@ class LoadTracker:
         saturated = in_flight >= replicas * capacity and replicas < scaling.max_replicas
         # Remove a replica only when the rest would still be at most half full.
         quiet = replicas > scaling.min_replicas and in_flight <= (replicas - 1) * capacity / 2
-        self.high_since = (self.high_since or now) if saturated else None
-        self.low_since = (self.low_since or now) if quiet else None
+        self.high_since = _since(self.high_since, now) if saturated else None
+        self.low_since = _since(self.low_since, now) if quiet else None
         if self.high_since is not None and now - self.high_since >= scaling.scale_up_delay:
             self.high_since = None
             return 1
@@ -68,3 +68,7 @@ class LoadTracker:
             self.low_since = None
             return -1
         return 0
+
+
+def _since(start: float | None, now: float) -> float:
+    return now if start is None else start
