@@ -247,3 +247,46 @@ def test_sigterm_records_stopped_replicas(terminated: dict[str, Any]) -> None:
     with sqlite3.connect(terminated["home"] / "tunedock.db") as connection:
         statuses = {row[0] for row in connection.execute("SELECT status FROM replicas")}
     assert statuses == {"stopped"}
+
+
+# Load adds replicas up to max_replicas; quiet removes them down to min_replicas -----------------
+
+
+@pytest.fixture(scope="module")
+def scaled(fast_api: httpx.Client, fast_server: ServerProcess) -> dict[str, Any]:
+    path = copy_t5(fast_server.home, "scaled-t5")
+    model = register(fast_api, "Scaled T5", path)
+    deploy_and_wait(fast_api, model["slug"], {"scaling": {
+        "min_replicas": 1, "max_replicas": 2, "max_batch_size": 1, "scale_up_delay": 0, "scale_down_delay": 1}})
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def load() -> None:
+        with fast_server.client() as client:
+            while not stop.is_set():
+                statuses.append(client.post("/v1/completions", json={**T5_PROMPT, "model": model["slug"]}).status_code)
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        peak = wait_until(lambda: len(model_server_pids(path)) == 2 and 2, "a second replica under load")
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=60)
+    settled = wait_until(lambda: len(model_server_pids(path)) == 1 and 1, "one replica after the load")
+    return {"peak": peak, "settled": settled, "statuses": statuses}
+
+
+def test_load_scales_up_to_max_replicas(scaled: dict[str, Any]) -> None:
+    assert scaled["peak"] == 2
+
+
+def test_quiet_scales_down_to_min_replicas(scaled: dict[str, Any]) -> None:
+    assert scaled["settled"] == 1
+
+
+def test_requests_succeed_while_scaling(scaled: dict[str, Any]) -> None:
+    assert set(scaled["statuses"]) == {200}
