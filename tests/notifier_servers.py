@@ -113,8 +113,9 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 
 
 @contextmanager
-def run_smtp_server(handler: RecordingHandler, **options: Any) -> Iterator[int]:
-    port = free_port()
+def run_smtp_server(handler: RecordingHandler, port: int | None = None, **options: Any) -> Iterator[int]:
+    """Run an aiosmtpd server on ``port`` (a free one by default) and yield its port."""
+    port = port or free_port()
     # server_hostname avoids a reverse DNS lookup for the greeting.
     controller = Controller(handler, hostname=HOST, port=port, server_hostname="localhost", **options)
     controller.start()

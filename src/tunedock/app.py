@@ -22,7 +22,7 @@ from tunedock.api.errors import (
     internal_error_response,
     validation_error_response,
 )
-from tunedock.api.routes import accounts, deployments, models
+from tunedock.api.routes import accounts, deployments, models, notifications
 from tunedock.errors import TunedockError
 from tunedock.gateway import routes as inference
 from tunedock.gateway.errors import openai_domain_error_response, openai_error_response
@@ -47,6 +47,7 @@ def create_app(settings: Settings, on_first_admin: FirstAdminCallback | None = N
         await gateway.start()
         app.state.services = services
         app.state.gateway = gateway
+        services.notifications.start()
         background = [asyncio.create_task(services.deployments.restore(), name="restore")]
         if on_started is not None:
             background.append(asyncio.create_task(_run_after(background[0], on_started, services)))
@@ -58,6 +59,7 @@ def create_app(settings: Settings, on_first_admin: FirstAdminCallback | None = N
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await services.deployments.shutdown()
+            await services.notifications.stop()
             await gateway.close()
             services.database.dispose()
             logger.info("Tunedock stopped")
@@ -68,6 +70,7 @@ def create_app(settings: Settings, on_first_admin: FirstAdminCallback | None = N
     app.include_router(models.router)
     app.include_router(deployments.router)
     app.include_router(accounts.router)
+    app.include_router(notifications.router)
     app.include_router(inference.router)
 
     @app.get("/healthz", tags=["health"])

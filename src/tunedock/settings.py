@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(
         default=60.0, ge=0, description="Seconds that in-flight requests get to finish before replicas stop."
     )
+    notify_poll_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between two looks at the notification outbox."
+    )
+    idle_warning_lead: float = Field(
+        default=600.0, gt=0, description="Seconds before an idle un-deploy that the warning email is sent "
+        "(at most half the idle time)."
+    )
     log_level: str = Field(default="INFO", description="Log level of the server.")
     console_url: str | None = Field(
         default=None,

@@ -29,6 +29,7 @@ from tunedock.deployments.parameters import (
 from tunedock.deployments.routing import ReplicaTarget, Route, RoutingTable
 from tunedock.deployments.supervision import CrashRecord, LoadTracker, SupervisionPolicy
 from tunedock.errors import Conflict, TunedockError
+from tunedock.notifier.outbox import Outbox
 from tunedock.replicas.backend import ReplicaBackend, ReplicaSpec, RunningReplica
 from tunedock.store.database import Database
 from tunedock.store.tables import Deployment, Job, Model, Replica
@@ -57,12 +58,14 @@ class Serving:
     load: LoadTracker = field(default_factory=LoadTracker)
     failed_checks: dict[int, int] = field(default_factory=dict)  # replica row id -> consecutive failures
     repairing: bool = False
+    warned_for: float | None = None  # the last_request_at that an idle warning was sent for
 
 
 class DeploymentManager:
     def __init__(self, database: Database, backend: ReplicaBackend, routing: RoutingTable,
-                 logs_dir: Path, policy: SupervisionPolicy | None = None) -> None:
+                 logs_dir: Path, policy: SupervisionPolicy | None = None, outbox: Outbox | None = None) -> None:
         self.database = database
+        self.outbox = outbox
         self.backend = backend
         self.routing = routing
         self.logs_dir = logs_dir
@@ -241,7 +244,7 @@ class DeploymentManager:
     async def _switch_traffic(self, job_id: int, deployment: Deployment, model: Model,
                               parameters: DeploymentParameters, started: list[ReplicaTarget]) -> None:
         await self._event(job_id, "switching_traffic", f"Routing {model.slug} to {deployment.name}")
-        previous_id = await asyncio.to_thread(records.make_live, self.database, deployment.id)
+        previous_id = await asyncio.to_thread(records.make_live, self.database, deployment.id, self.outbox)
         self._starting.pop(deployment.id, None)
         self._serve(model, deployment, parameters, started)
         if previous_id is not None and previous_id != deployment.id:
@@ -259,7 +262,8 @@ class DeploymentManager:
     async def _record_failure(self, job_id: int, deployment: Deployment, reason: str) -> None:
         for target in self._starting.pop(deployment.id, []):
             await self._stop_target(target)
-        await asyncio.to_thread(records.mark_deploy_failed, self.database, deployment.id, reason)
+        await asyncio.to_thread(records.mark_deploy_failed, self.database, deployment.id, reason, job_id,
+                                self.outbox)
         await asyncio.to_thread(records.finish_job, self.database, job_id, reason)
 
     # Un-deploy ---------------------------------------------------------------------------
@@ -289,7 +293,7 @@ class DeploymentManager:
             await self._drain(serving.route)
             for target in list(serving.route.targets):
                 await self._stop_target(target)
-        await asyncio.to_thread(records.mark_undeployed, self.database, deployment_id)
+        await asyncio.to_thread(records.mark_undeployed, self.database, deployment_id, self.outbox)
 
     async def _drain(self, route: Route) -> None:
         deadline = time.monotonic() + self.policy.drain_timeout
@@ -324,11 +328,17 @@ class DeploymentManager:
     async def _check(self, serving: Serving) -> None:
         idle_after = serving.parameters.scaling.idle_undeploy_after
         now = time.monotonic()
-        if idle_after is not None and now - serving.route.last_request_at >= idle_after:
-            self._spawn_background(self._retire(
-                serving.deployment.id, f"idle: no request for {_seconds(idle_after)}"))
-            serving.repairing = True
-            return
+        if idle_after is not None:
+            idle_for = now - serving.route.last_request_at
+            if idle_for >= idle_after:
+                self._spawn_background(self._retire(
+                    serving.deployment.id, f"idle: no request for {_seconds(idle_after)}"))
+                serving.repairing = True
+                return
+            lead = min(self.policy.idle_warning_lead, idle_after / 2)
+            if idle_for >= idle_after - lead and serving.warned_for != serving.route.last_request_at:
+                serving.warned_for = serving.route.last_request_at
+                await self._warn_idle(serving, idle_after - idle_for)
         for target in list(serving.route.targets):
             if await self._is_dead(serving, target):
                 serving.repairing = True
@@ -404,6 +414,23 @@ class DeploymentManager:
         finally:
             serving.repairing = False
 
+    async def _warn_idle(self, serving: Serving, seconds_left: float) -> None:
+        logger.info("%s is idle; un-deploy in %.0f s unless a request arrives", serving.deployment.name,
+                    seconds_left)
+        if self.outbox is not None:
+            minutes_left = max(1, round(seconds_left / 60))
+            await asyncio.to_thread(records.queue_idle_warning, self.database, serving.deployment.id,
+                                    minutes_left, self.outbox)
+
+    def keep_alive(self, deployment_id: int) -> bool:
+        """Reset a live deployment's idle clock; return False if it is not live here."""
+        serving = self._serving.get(deployment_id)
+        if serving is None:
+            return False
+        serving.route.touch()
+        logger.info("idle clock of %s reset by a keep-alive", serving.deployment.name)
+        return True
+
     def _spawn_background(self, work: Any) -> None:
         task = asyncio.create_task(work)
         self._background.add(task)
@@ -434,7 +461,8 @@ class DeploymentManager:
         deployment = await asyncio.to_thread(records.get_deployment, self.database, job.deployment_id)
         logger.warning("job %s (%s of %s) was interrupted by a restart", job.id, job.action, deployment.name)
         if job.action == "deploy":
-            await asyncio.to_thread(records.mark_deploy_failed, self.database, deployment.id, INTERRUPTED_REASON)
+            await asyncio.to_thread(records.mark_deploy_failed, self.database, deployment.id, INTERRUPTED_REASON,
+                                    job.id, self.outbox)
             await asyncio.to_thread(records.finish_job, self.database, job.id, INTERRUPTED_REASON)
             return
         await asyncio.to_thread(records.clear_live, self.database, deployment.id)

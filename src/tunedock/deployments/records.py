@@ -13,8 +13,10 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from tunedock.accounts.identity import SYSTEM
 from tunedock.catalog.registration import find_model
 from tunedock.errors import Conflict, NotFound
+from tunedock.notifier.outbox import Outbox
 from tunedock.store.database import Database
 from tunedock.store.tables import Deployment, Job, JobEvent, Model, Replica, utc_now
 
@@ -101,15 +103,18 @@ def finish_job(database: Database, job_id: int, error: str | None = None) -> Non
         _add_event(session, job_id, "failed" if error else "done", error or "Finished")
 
 
-def mark_deploy_failed(database: Database, deployment_id: int, reason: str) -> None:
+def mark_deploy_failed(database: Database, deployment_id: int, reason: str, job_id: int,
+                       outbox: Outbox | None = None) -> None:
     with database.session() as session:
         deployment = session.get_one(Deployment, deployment_id)
         deployment.status = "failed"
         deployment.failure_reason = reason
         deployment.ended_at = utc_now()
+        if outbox is not None:
+            outbox.deployment_failed(session, deployment, session.get_one(Model, deployment.model_id), job_id, reason)
 
 
-def make_live(database: Database, deployment_id: int) -> int | None:
+def make_live(database: Database, deployment_id: int, outbox: Outbox | None = None) -> int | None:
     """Mark a deployment successful and live; return the deployment it replaces, if any."""
     with database.session() as session:
         deployment = session.get_one(Deployment, deployment_id)
@@ -118,6 +123,8 @@ def make_live(database: Database, deployment_id: int) -> int | None:
         deployment.status = "success"
         deployment.ended_at = utc_now()
         model.live_deployment_id = deployment.id
+        if outbox is not None:
+            outbox.deployment_succeeded(session, deployment, model)
         return previous
 
 
@@ -127,10 +134,18 @@ def clear_live(database: Database, deployment_id: int) -> None:
                         .values(live_deployment_id=None))
 
 
-def mark_undeployed(database: Database, deployment_id: int) -> None:
+def mark_undeployed(database: Database, deployment_id: int, outbox: Outbox | None = None) -> None:
     with database.session() as session:
         deployment = session.get_one(Deployment, deployment_id)
         deployment.undeploy_ended_at = utc_now()
+        if outbox is not None and deployment.undeployed_by == SYSTEM:
+            outbox.undeployed_by_system(session, deployment, session.get_one(Model, deployment.model_id))
+
+
+def queue_idle_warning(database: Database, deployment_id: int, minutes_left: int, outbox: Outbox) -> None:
+    with database.session() as session:
+        deployment = session.get_one(Deployment, deployment_id)
+        outbox.idle_warning(session, deployment, session.get_one(Model, deployment.model_id), minutes_left)
 
 
 def start_undeploy(database: Database, deployment_id: int, username: str, reason: str) -> None:

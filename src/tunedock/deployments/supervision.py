@@ -21,6 +21,7 @@ class SupervisionPolicy:
     crash_limit: int = 3  # crashes within crash_window that take a deployment down
     crash_window: float = 600.0
     drain_timeout: float = 60.0  # seconds that in-flight requests get before replicas stop
+    idle_warning_lead: float = 600.0  # seconds before an idle un-deploy that its warning is sent
 
 
 @dataclass

@@ -69,6 +69,8 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     password_hash: Mapped[str] = mapped_column(String(255))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Whether the user receives notification emails (deploy outcomes, system un-deploys).
+    notify: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     last_login_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
@@ -187,3 +189,59 @@ class Replica(Base):
     log_path: Mapped[str] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     stopped_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class ModelWatcher(Base):
+    """A user who receives the notifications of a model's deployments besides the deployer."""
+
+    __tablename__ = "model_watchers"
+    __table_args__ = (UniqueConstraint("model_id", "user_id", name="uq_model_watchers_model_user"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+
+class Webhook(Base):
+    """A URL that receives a model's notifications as signed JSON POSTs."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))  # kept in clear: it signs every delivery
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class OutboxEntry(Base):
+    """One notification to deliver by email or webhook, written with the change that caused it.
+
+    The rendered content is stored, so every retry sends the same message with the same
+    Message-ID. Status: ``pending`` (waiting for its next attempt), ``sending`` (an attempt
+    is under way), ``sent`` or ``failed`` (for good, with ``last_error`` saying why).
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_status_next_attempt_at", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(16))  # email, webhook
+    deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"), nullable=True, index=True)
+    webhook_id: Mapped[int | None] = mapped_column(ForeignKey("webhooks.id"), nullable=True)
+    recipients: Mapped[list[str]] = mapped_column(JSON, default=list)
+    message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    text: Mapped[str] = mapped_column(Text, default="")
+    html: Mapped[str] = mapped_column(Text, default="")
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
