@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from email import policy
+from email.parser import BytesParser
 import signal
 import threading
 import time
@@ -135,7 +137,18 @@ def idle(fast_api: httpx.Client, fast_server: ServerProcess) -> dict[str, Any]:
     model = register(fast_api, "Idle T5", path)
     job = deploy_and_wait(fast_api, model["slug"], {"scaling": {"idle_undeploy_after": 2}})
     record = wait_until(lambda: _undeployment(fast_api, job["deployment_id"]), "the idle un-deploy")
-    return {"path": path, "undeployment": record}
+    subjects = wait_until(lambda: _outbox_subjects(fast_server.home, "Idle T5_v1"), "the idle emails")
+    return {"path": path, "undeployment": record, "subjects": subjects}
+
+
+def _outbox_subjects(home: Path, fragment: str) -> list[str] | None:
+    """Subjects of the .eml files written for a deployment, once its un-deploy email is there."""
+    subjects = []
+    for path in (home / "outbox").glob("*.eml"):
+        subject = BytesParser(policy=policy.default).parsebytes(path.read_bytes())["Subject"]
+        if fragment in subject:
+            subjects.append(subject)
+    return sorted(subjects) if any("was un-deployed" in subject for subject in subjects) else None
 
 
 def test_idle_deployment_undeployed_by_system(idle: dict[str, Any]) -> None:
@@ -144,6 +157,14 @@ def test_idle_deployment_undeployed_by_system(idle: dict[str, Any]) -> None:
 
 def test_idle_undeploy_reason(idle: dict[str, Any]) -> None:
     assert idle["undeployment"]["reason"] == "idle: no request for 2 s"
+
+
+def test_idle_warning_email_precedes_undeploy(idle: dict[str, Any]) -> None:
+    assert "[Tunedock] Idle T5_v1 will be un-deployed in 1 minute" in idle["subjects"]
+
+
+def test_idle_undeploy_email_names_reason(idle: dict[str, Any]) -> None:
+    assert "[Tunedock] Idle T5_v1 was un-deployed (idle)" in idle["subjects"]
 
 
 # The server killed during a deploy, then started again -----------------------------------------
