@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, free_port
 from tunedock.demo.registry import demo_models_root
 
 pytestmark = pytest.mark.e2e
@@ -110,3 +110,16 @@ def test_undeploy_records_user(server: ServerProcess, deployed: subprocess.Compl
 def test_undeploy_without_live_deployment_fails(server: ServerProcess, deployed: subprocess.CompletedProcess[str]) -> None:
     tunedock(server, "undeploy", MODEL_NAME)
     assert "has no live deployment" in tunedock(server, "undeploy", MODEL_NAME).stderr
+
+
+def test_second_server_on_same_home_is_refused(server: ServerProcess) -> None:
+    result = subprocess.run([sys.executable, "-m", "tunedock", "serve", "--port", str(free_port())],
+                            env=server.environment(), capture_output=True, text=True, timeout=60)
+    assert "is in use by the Tunedock server at" in result.stderr
+
+
+def test_server_on_taken_port_names_the_fix(server: ServerProcess, tmp_path: Path) -> None:
+    port = server.url.rsplit(":", 1)[1]
+    result = subprocess.run([sys.executable, "-m", "tunedock", "serve", "--port", port, "--home", str(tmp_path)],
+                            env=server.environment(), capture_output=True, text=True, timeout=60)
+    assert "--port or TUNEDOCK_PORT" in result.stderr

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -20,6 +22,17 @@ class CliError(Exception):
     """A failure to report to the user in one message, with exit status 1."""
 
 
+class StreamDropped(CliError):
+    """An event stream that failed to connect or broke off.
+
+    ``timed_out`` marks a connected server that sent nothing for the read timeout.
+    """
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
 @dataclass(frozen=True)
 class Connection:
     url: str
@@ -29,6 +42,10 @@ class Connection:
 def client_config_path() -> Path:
     home = Path(os.environ.get("TUNEDOCK_HOME", "~/.tunedock")).expanduser()
     return home / "client.json"
+
+
+def model_path(model: str) -> str:
+    return f"/api/models/{quote(model, safe='')}"
 
 
 def resolve_connection(url: str | None, token: str | None) -> Connection:
@@ -68,6 +85,23 @@ class ApiClient:
 
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, json=body)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+    def stream_lines(self, path: str, headers: dict[str, str] | None = None) -> Generator[str, None, None]:
+        """Yield the lines of a streamed GET response, and raise StreamDropped if the connection fails."""
+        try:
+            with self._http.stream("GET", path, headers=headers) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise CliError(_error_message(response))
+                yield from response.iter_lines()
+        except httpx.ReadTimeout as exc:
+            raise StreamDropped(f"GET {path} to {self.url} timed out after {REQUEST_TIMEOUT_SECONDS:.0f} s "
+                                "without data", timed_out=True) from exc
+        except httpx.TransportError as exc:
+            raise StreamDropped(f"GET {path} to {self.url} failed: {exc!r}") from exc
 
 
 def _error_message(response: httpx.Response) -> str:

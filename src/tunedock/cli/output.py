@@ -1,4 +1,4 @@
-"""Plain-text rendering for the CLI: tables, durations and timestamps."""
+"""Plain-text rendering for the CLI: tables, field lists, values, durations and timestamps."""
 
 from __future__ import annotations
 
@@ -21,6 +21,31 @@ def echo_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     typer.echo("  ".join(header.ljust(width) for header, width in zip(headers, widths)).rstrip())
     for row in rows:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def echo_fields(fields: Sequence[tuple[str, str]], indent: int = 2) -> None:
+    """Print label and value pairs, one per line, with the values aligned."""
+    width = max((len(label) for label, _ in fields), default=0)
+    for label, value in fields:
+        typer.echo(f"{' ' * indent}{label.ljust(width)}  {value}".rstrip())
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Return nested dictionaries as one level with dotted keys, e.g. ``generation.temperature``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def format_value(value: Any) -> str:
+    """Return strings as they are and other values as JSON, so None, [] and 1.0 stay distinct."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
 
 
 def human_duration(seconds: float | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -35,6 +36,7 @@ router = APIRouter(tags=["deployments"])
 
 MAX_PAGE_SIZE = 200
 EVENT_POLL_SECONDS = 0.2
+KEEP_ALIVE_SECONDS = 15.0
 StatusFilter = Literal["deploying", "success", "failed"]
 
 
@@ -147,6 +149,7 @@ async def stream_job_events(job_id: int, services: ServicesDep, principal: Reade
 
 
 async def _job_events(services: Services, job_id: int, after: int) -> AsyncIterator[bytes]:
+    quiet_since = time.monotonic()
     while True:
         job, events = await asyncio.to_thread(records.get_job, services.database, job_id)
         for event in events:
@@ -154,9 +157,14 @@ async def _job_events(services: Services, job_id: int, after: int) -> AsyncItera
                 after = event.sequence
                 data = orjson.dumps(JobEventPublic.of(event).model_dump(mode="json"))
                 yield b"id: %d\nevent: progress\ndata: %s\n\n" % (event.sequence, data)
+                quiet_since = time.monotonic()
         if job.status != "in_progress":
             yield b"event: end\ndata: %s\n\n" % orjson.dumps(JobPublic.of(job, events).model_dump(mode="json"))
             return
+        if time.monotonic() - quiet_since >= KEEP_ALIVE_SECONDS:
+            # A comment line keeps proxies and client read timeouts from closing a quiet stream.
+            yield b": keep-alive\n\n"
+            quiet_since = time.monotonic()
         await asyncio.sleep(EVENT_POLL_SECONDS)
 
 
