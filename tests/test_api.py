@@ -108,7 +108,13 @@ def test_error_body_shape(client: TestClient) -> None:
         ({"generation": {"stop": ["a", "b", "c", "d", "e"]}}, "generation.stop"),
         ({"scaling": {"max_batch_size": 257}}, "scaling.max_batch_size"),
         ({"scaling": {"min_replicas": 0}}, "scaling.min_replicas"),
-        ({"scaling": {"min_replicas": 3, "max_replicas": 2}}, "scaling"),
+        ({"scaling": {"min_replicas": 3, "max_replicas": 2}}, "scaling.max_replicas"),
+        ({"scaling": {"max_replicas": 51}}, "scaling.max_replicas"),
+        ({"scaling": {"idle_undeploy_after": 0}}, "scaling.idle_undeploy_after"),
+        ({"generation": {"max_tokens": 100_000}}, "generation.max_tokens"),
+        ({"hardware": {"device": "cuda:3"}}, "hardware.device"),
+        ({"hardware": {"threads": 0}}, "hardware.threads"),
+        ({"optimization": {"quantization": "awq"}}, "optimization.quantization"),
         ({"hardware": {"device": "tpu"}}, "hardware.device"),
         ({"optimization": {"engine": "onnx"}}, "optimization.engine"),
         ({"optimization": {"engine": "vllm"}}, "optimization.engine"),
@@ -119,6 +125,12 @@ def test_invalid_parameter_is_422_naming_field(client: TestClient, minilm: dict[
     response = client.post("/api/models/minilm/deployments", json=body, headers=AUTH)
     fields = [item["field"] for item in response.json()["error"]["details"]["fields"]]
     assert fields == [field]
+
+
+def test_parameter_error_names_value_and_limit(client: TestClient, minilm: dict[str, object]) -> None:
+    response = client.post("/api/models/minilm/deployments", json={"generation": {"max_tokens": 100_000}},
+                           headers=AUTH)
+    assert "100000 must be at most the context length of MiniLM (512)" in response.json()["error"]["message"]
 
 
 def test_invalid_parameter_stores_nothing(client: TestClient, minilm: dict[str, object]) -> None:

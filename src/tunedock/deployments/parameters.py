@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tunedock.errors import InvalidParameters
 
@@ -55,13 +55,13 @@ class Scaling(_Section):
         default=None, gt=0, description="Seconds without requests before an automatic un-deploy; null is off."
     )
 
-    @model_validator(mode="after")
-    def _replica_range(self) -> Scaling:
-        if self.max_replicas < self.min_replicas:
-            raise ValueError(
-                f"max_replicas ({self.max_replicas}) must be at least min_replicas ({self.min_replicas})"
-            )
-        return self
+    @field_validator("max_replicas")
+    @classmethod
+    def _replica_range(cls, value: int, info: ValidationInfo) -> int:
+        minimum = info.data.get("min_replicas")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"max_replicas ({value}) must be at least min_replicas ({minimum})")
+        return value
 
 
 class Hardware(_Section):
