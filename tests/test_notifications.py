@@ -7,7 +7,10 @@ with mail still pending.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -274,3 +277,28 @@ def test_without_smtp_mail_is_written_to_outbox(server: ServerProcess) -> None:
         deploy_and_wait(client, model["slug"])
         written = wait_until(lambda: list((server.home / "outbox").glob("*.eml")), "an .eml file")
     assert any("Outbox T5_v1 is ready" in path.read_text(errors="replace") for path in written)
+
+
+# The CLI ------------------------------------------------------------------------------------------
+
+
+def run_cli(server: ServerProcess, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tunedock", *arguments], env=server.environment(),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_lists_notifications(relayed: dict[str, Any]) -> None:
+    assert "is ready" in run_cli(relayed["server"], "notifications").stdout
+
+
+def test_cli_filters_notifications_by_status(relayed: dict[str, Any]) -> None:
+    listed = json.loads(run_cli(relayed["server"], "notifications", "--status", "failed", "--json").stdout)
+    assert listed == []
+
+
+def test_cli_watch_names_model(relayed: dict[str, Any]) -> None:
+    assert run_cli(relayed["server"], "watch", "mail-t5-e").stdout.strip() == "Watching mail-t5-e."
+
+
+def test_cli_notifications_off(relayed: dict[str, Any]) -> None:
+    assert run_cli(relayed["server"], "notifications", "off").returncode == 0
