@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ADMIN_PASSWORD, ServerProcess, free_port
 from tunedock.demo.registry import demo_models_root
 
 pytestmark = pytest.mark.e2e
@@ -123,3 +123,40 @@ def test_server_on_taken_port_names_the_fix(server: ServerProcess, tmp_path: Pat
     result = subprocess.run([sys.executable, "-m", "tunedock", "serve", "--port", port, "--home", str(tmp_path)],
                             env=server.environment(), capture_output=True, text=True, timeout=60)
     assert "--port or TUNEDOCK_PORT" in result.stderr
+
+
+# Accounts: sign-in, users, keys and the audit trail ------------------------------------------
+
+
+def test_login_writes_private_config(server: ServerProcess, tmp_path: Path) -> None:
+    environment = {**server.environment(), "TUNEDOCK_HOME": str(tmp_path)}
+    environment.pop("TUNEDOCK_TOKEN")
+    subprocess.run([sys.executable, "-m", "tunedock", "login", "--username", "admin", "--password",
+                    ADMIN_PASSWORD], env=environment, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=True)
+    assert (tmp_path / "client.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_login_token_works(server: ServerProcess, tmp_path: Path) -> None:
+    environment = {**server.environment(), "TUNEDOCK_HOME": str(tmp_path)}
+    environment.pop("TUNEDOCK_TOKEN")
+    subprocess.run([sys.executable, "-m", "tunedock", "login", "--username", "admin", "--password",
+                    ADMIN_PASSWORD], env=environment, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=True)
+    listed = subprocess.run([sys.executable, "-m", "tunedock", "models", "list"], env=environment,
+                            capture_output=True, text=True, timeout=CLI_TIMEOUT)
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_users_list_names_admin(server: ServerProcess) -> None:
+    assert "admin" in [user["username"] for user in tunedock_json(server, "users", "list")]
+
+
+def test_keys_create_then_revoke(server: ServerProcess) -> None:
+    issued = tunedock_json(server, "keys", "create", "cli key", "--scope", "inference")
+    tunedock(server, "keys", "revoke", str(issued["id"]))
+    revoked = [key for key in tunedock_json(server, "keys", "list") if key["id"] == issued["id"]]
+    assert revoked[0]["revoked_at"] is not None
+
+
+def test_audit_shows_key_creation(server: ServerProcess) -> None:
+    tunedock_json(server, "keys", "create", "audited key")
+    assert tunedock_json(server, "audit", "--action", "key.create")[0]["actor"] == "admin"

@@ -138,7 +138,8 @@ def idle(fast_api: httpx.Client, fast_server: ServerProcess) -> dict[str, Any]:
     job = deploy_and_wait(fast_api, model["slug"], {"scaling": {"idle_undeploy_after": 2}})
     record = wait_until(lambda: _undeployment(fast_api, job["deployment_id"]), "the idle un-deploy")
     subjects = wait_until(lambda: _outbox_subjects(fast_server.home, "Idle T5_v1"), "the idle emails")
-    return {"path": path, "undeployment": record, "subjects": subjects}
+    audited = fast_api.get("/api/audit", params={"user": "system", "target": "Idle T5_v1"}).json()["items"]
+    return {"path": path, "undeployment": record, "subjects": subjects, "audited": audited}
 
 
 def _outbox_subjects(home: Path, fragment: str) -> list[str] | None:
@@ -157,6 +158,10 @@ def test_idle_deployment_undeployed_by_system(idle: dict[str, Any]) -> None:
 
 def test_idle_undeploy_reason(idle: dict[str, Any]) -> None:
     assert idle["undeployment"]["reason"] == "idle: no request for 2 s"
+
+
+def test_system_undeploy_is_audited(idle: dict[str, Any]) -> None:
+    assert [event["action"] for event in idle["audited"]] == ["deployment.undeploy"]
 
 
 def test_idle_warning_email_precedes_undeploy(idle: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sqlalchemy.engine import make_url
 
 from tunedock.accounts.service import FirstAdmin
+from tunedock.api.audit_trail import AuditTrailMiddleware
 from tunedock.api.errors import (
     domain_error_response,
     error_body,
@@ -67,6 +68,7 @@ def create_app(settings: Settings, on_first_admin: FirstAdminCallback | None = N
     app = FastAPI(title="Tunedock", version="0.1.0", lifespan=lifespan,
                   description="Deploy fine-tuned language models as OpenAI-compatible endpoints.")
     _install_error_handlers(app)
+    app.add_middleware(AuditTrailMiddleware)
     app.include_router(models.router)
     app.include_router(deployments.router)
     app.include_router(accounts.router)
@@ -117,12 +119,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(TunedockError)
     async def on_domain_error(request: Request, exc: TunedockError) -> JSONResponse:
+        request.state.audit_detail = exc.message
         if is_inference(request):
             return openai_domain_error_response(exc)
         return domain_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        request.state.audit_detail = "invalid request body"
         if is_inference(request):
             first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
             return openai_error_response(400, f"Invalid request: {first['msg']}.", "invalid_request")

@@ -13,6 +13,7 @@ place each, using ``status_code`` and ``code``::
     ├── PermissionDenied               403 permission_denied
     ├── NotFound                       404 not_found
     ├── Conflict                       409 conflict
+    ├── RateLimited                    429 rate_limited
     ├── ModelNotLive                   503 model_not_live
     └── ReplicaError                   502 replica_error
         └── ReplicaStartFailed         502 replica_start_failed
@@ -85,6 +86,17 @@ class NotFound(TunedockError):
 class Conflict(TunedockError):
     status_code = 409
     code = "conflict"
+
+
+class RateLimited(TunedockError):
+    """Too many requests; ``retry_after`` is the number of seconds to wait."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
 
 
 class ModelNotLive(TunedockError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunedock.accounts.service import AccountService
+from tunedock.accounts.sign_in_limits import SignInLimiter
 from tunedock.catalog.registration import ModelRegistry
 from tunedock.deployments.manager import DeploymentManager
 from tunedock.deployments.routing import RoutingTable
@@ -28,6 +29,7 @@ class Services:
     routing: RoutingTable
     replica_token: str
     notifications: OutboxWorker
+    sign_in_limits: SignInLimiter
 
 
 def build_services(settings: Settings) -> Services:
@@ -50,6 +52,7 @@ def build_services(settings: Settings) -> Services:
         replica_token=replica_token,
         notifications=OutboxWorker(database, settings, mail_transport_from_settings(settings),
                                    settings.notify_poll_interval),
+        sign_in_limits=SignInLimiter(settings.sign_in_attempts, settings.sign_in_window),
     )
 
 

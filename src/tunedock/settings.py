@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     replica_python: str = Field(
         default=sys.executable, description="Python interpreter that runs model-server processes."
     )
+    sign_in_attempts: int = Field(
+        default=5, ge=1, description="Failed sign-ins per username, and per client address, within "
+        "sign_in_window before further attempts get 429."
+    )
+    sign_in_window: float = Field(default=300.0, gt=0, description="Seconds over which failed sign-ins count.")
     supervise_interval: float = Field(
         default=2.0, gt=0, description="Seconds between two health checks of every live replica."
     )

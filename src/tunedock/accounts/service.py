@@ -6,11 +6,12 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from tunedock.accounts import secrets as secret_tools
 from tunedock.accounts.identity import ROLES, SCOPES, Principal
-from tunedock.errors import AuthenticationFailed, Conflict, InvalidInput
+from tunedock.errors import AuthenticationFailed, Conflict, InvalidInput, NotFound, PermissionDenied
 from tunedock.store.database import Database
 from tunedock.store.tables import ApiKey, User, utc_now
 
@@ -119,6 +120,95 @@ class AccountService:
                              key_prefix=prefix, scopes=tuple(key.scopes),
                              models=tuple(key.models) if key.models is not None else None)
 
+    def create_api_key_for(self, principal: Principal, username: str, name: str, scopes: list[str],
+                           models: list[str] | None, expires_at: datetime | None) -> IssuedKey:
+        """Create a key that belongs to another user (admins only, checked by the caller)."""
+        owner = self.get_user(username)
+        acting = Principal(user_id=owner.id, username=owner.username, role=owner.role,
+                           key_prefix=principal.key_prefix, scopes=principal.scopes, models=None)
+        return self.create_api_key(acting, name, scopes, models, expires_at)
+
+    def list_keys(self, principal: Principal, all_users: bool) -> list[tuple[ApiKey, str]]:
+        """Return API keys (not sign-in tokens) with their owners: the caller's, or everyone's."""
+        with self.database.session() as session:
+            query = (select(ApiKey, User.username).join(User, User.id == ApiKey.user_id)
+                     .where(ApiKey.kind == "api_key").order_by(ApiKey.id))
+            if not all_users:
+                query = query.where(ApiKey.user_id == principal.user_id)
+            return [(key, owner) for key, owner in session.execute(query).all()]
+
+    def revoke_key(self, principal: Principal, key_id: int) -> ApiKey:
+        """Revoke a key at once; the caller must own it or be an admin."""
+        with self.database.session() as session:
+            key = session.get(ApiKey, key_id)
+            if key is None or key.kind != "api_key":
+                raise NotFound(f"API key {key_id} not found; `tunedock keys list` shows your keys.",
+                               code="key_not_found")
+            if key.user_id != principal.user_id and principal.role != "admin":
+                raise PermissionDenied(f"API key {key_id} belongs to another user; only its owner or an admin "
+                                       "may revoke it.", code="not_key_owner")
+            if key.revoked_at is None:
+                key.revoked_at = utc_now()
+        logger.info("user %s revoked API key %s", principal.username, key.prefix)
+        return key
+
+    def get_user(self, username: str) -> User:
+        with self.database.session() as session:
+            user = session.scalars(select(User).where(User.username == username)).first()
+            if user is None:
+                raise NotFound(f"User {username!r} not found; `tunedock users list` shows the users.",
+                               code="user_not_found")
+            return user
+
+    def get_user_by_id(self, user_id: int) -> User:
+        with self.database.session() as session:
+            return session.get_one(User, user_id)
+
+    def list_users(self) -> list[User]:
+        with self.database.session() as session:
+            return list(session.scalars(select(User).order_by(User.id)))
+
+    def update_user(self, principal: Principal, username: str, role: str | None = None,
+                    disabled: bool | None = None) -> User:
+        """Change a user's role or disabled flag, keeping at least one active admin."""
+        if role is not None and role not in ROLES:
+            raise InvalidInput(f"Invalid role {role!r}; choose one of {list(ROLES)}.", param="role")
+        with self.database.session() as session:
+            user = session.scalars(select(User).where(User.username == username)).first()
+            if user is None:
+                raise NotFound(f"User {username!r} not found; `tunedock users list` shows the users.",
+                               code="user_not_found")
+            if user.id == principal.user_id and role is not None and role != user.role and principal.role != "admin":
+                raise PermissionDenied("You cannot change your own role; ask an admin.", code="own_role")
+            loses_admin = user.role == "admin" and not user.disabled and (
+                (role is not None and role != "admin") or disabled is True)
+            if loses_admin and _active_admins(session) <= 1:
+                raise Conflict(f"{username!r} is the last active admin; make another user admin first.",
+                               code="last_admin")
+            if role is not None:
+                user.role = role
+            if disabled is not None:
+                user.disabled = disabled
+        logger.info("user %s updated %s: role=%s disabled=%s", principal.username, username, role, disabled)
+        return user
+
+    def reset_password(self, username: str, password: str | None) -> str | None:
+        """Set a new password (generated when not given, then returned) and end the user's sign-ins."""
+        chosen = password or secret_tools.generate_password()
+        _check_password(chosen)
+        with self.database.session() as session:
+            user = session.scalars(select(User).where(User.username == username)).first()
+            if user is None:
+                raise NotFound(f"User {username!r} not found; `tunedock users list` shows the users.",
+                               code="user_not_found")
+            user.password_hash = secret_tools.hash_password(chosen)
+            for token in session.scalars(select(ApiKey).where(ApiKey.user_id == user.id,
+                                                              ApiKey.kind == "personal_token",
+                                                              ApiKey.revoked_at.is_(None))):
+                token.revoked_at = utc_now()
+        logger.info("password of user %s reset", username)
+        return None if password else chosen
+
     def create_user(self, username: str, email: str, password: str, role: str) -> int:
         if role not in ROLES:
             raise InvalidInput(f"Invalid role {role!r}; choose one of {list(ROLES)}.", param="role")
@@ -133,6 +223,11 @@ class AccountService:
             user_id = user.id
         logger.info("created user %s with role %s", username, role)
         return user_id
+
+
+def _active_admins(session: Session) -> int:
+    query = select(func.count()).select_from(User).where(User.role == "admin", User.disabled.is_(False))
+    return int(session.scalar(query) or 0)
 
 
 def _check_password(password: str) -> None:

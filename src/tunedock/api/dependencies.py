@@ -29,10 +29,12 @@ def bearer_secret(credentials: HTTPAuthorizationCredentials | None) -> str:
 
 
 def current_principal(
+    request: Request,
     services: Annotated[Services, Depends(get_services)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     principal = services.accounts.authenticate(bearer_secret(credentials))
+    request.state.principal = principal  # for the audit trail
     if "management" not in principal.scopes:
         raise PermissionDenied(f"API key {principal.key_prefix}... lacks the 'management' scope; "
                                "use a key created with that scope.", code="scope_missing")

@@ -10,7 +10,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from tunedock.errors import TunedockError
+from tunedock.errors import RateLimited, TunedockError
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ def domain_error_response(exc: TunedockError) -> JSONResponse:
     if exc.status_code >= 500:
         logger.error("request failed with %s: %s", exc.code, exc.message)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after)}
     return JSONResponse(error_body(exc.code, exc.message, exc.param, exc.details),
                         status_code=exc.status_code, headers=headers)
 

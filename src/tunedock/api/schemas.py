@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,7 +16,7 @@ from tunedock.deployments.parameters import (
 )
 from tunedock.deployments.comparison import FieldChange, changes_between
 from tunedock.deployments.records import DeploymentRecord, duration_seconds
-from tunedock.store.tables import Deployment, Job, JobEvent, Model
+from tunedock.store.tables import ApiKey, AuditEvent, Deployment, Job, JobEvent, Model, User
 
 
 class _Request(BaseModel):
@@ -271,8 +271,28 @@ class TokenPublic(BaseModel):
 class ApiKeyCreate(_Request):
     name: str = Field(min_length=1, max_length=128)
     scopes: list[str] = Field(default_factory=lambda: ["inference"])
-    models: list[str] | None = None
+    models: list[str] | None = Field(default=None, description="Model slugs the key may call; all when omitted.")
     expires_at: datetime | None = None
+    user: str | None = Field(default=None, description="Owner of the key, if not the caller (admins only).")
+
+
+class ApiKeyPublic(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    owner: str
+    scopes: list[str]
+    models: list[str] | None
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey, owner: str) -> ApiKeyPublic:
+        return cls(id=key.id, name=key.name, prefix=key.prefix, owner=owner, scopes=key.scopes, models=key.models,
+                   created_at=key.created_at, last_used_at=key.last_used_at, expires_at=key.expires_at,
+                   revoked_at=key.revoked_at)
 
 
 class ApiKeyIssued(BaseModel):
@@ -288,6 +308,64 @@ class UserCreate(_Request):
     email: str = Field(min_length=3, max_length=254)
     password: str = Field(min_length=1, max_length=1024)
     role: str = "developer"
+
+
+class UserPublic(BaseModel):
+    id: int
+    username: str
+    display_name: str
+    email: str
+    role: str
+    disabled: bool
+    notify: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+    @classmethod
+    def of(cls, user: User) -> UserPublic:
+        return cls(id=user.id, username=user.username, display_name=user.display_name, email=user.email,
+                   role=user.role, disabled=user.disabled, notify=user.notify, created_at=user.created_at,
+                   last_login_at=user.last_login_at)
+
+
+class UserUpdate(_Request):
+    role: Literal["viewer", "developer", "admin"] | None = None
+    disabled: bool | None = None
+
+
+class PasswordReset(_Request):
+    password: str | None = Field(default=None, min_length=1, max_length=1024,
+                                 description="The new password; generated when omitted.")
+
+
+class PasswordResetDone(BaseModel):
+    username: str
+    password: str | None = Field(description="The generated password, shown once; null when one was given.")
+
+
+class AuditEventPublic(BaseModel):
+    id: int
+    created_at: datetime
+    actor: str
+    user_id: int | None
+    key_prefix: str | None
+    action: str
+    target: str
+    outcome: str
+    status_code: int | None
+    detail: str | None
+    client_address: str | None
+
+    @classmethod
+    def of(cls, event: AuditEvent) -> AuditEventPublic:
+        return cls(id=event.id, created_at=event.created_at, actor=event.actor, user_id=event.user_id,
+                   key_prefix=event.key_prefix, action=event.action, target=event.target, outcome=event.outcome,
+                   status_code=event.status_code, detail=event.detail, client_address=event.client_address)
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventPublic]
+    next_cursor: int | None
 
 
 class UserCreated(BaseModel):

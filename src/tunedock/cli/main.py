@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 from tunedock.cli import history as history_views
 from tunedock.cli.client import ApiClient, CliError, model_path, resolve_connection
 from tunedock.cli.history import find_version
+from tunedock.cli.accounts import audit, keys_app, login, users_app
 from tunedock.cli.notifications import notifications_app, unwatch, watch
 from tunedock.cli.output import echo_json, echo_table, human_size, short_time
 from tunedock.cli.progress import event_line, follow_job
@@ -38,9 +39,6 @@ app.add_typer(models_app, name="models")
 jobs_app = typer.Typer(cls=_JobsGroup, no_args_is_help=True,
                        help="Show, watch and cancel deploy and un-deploy jobs. `tunedock jobs ID` shows one.")
 app.add_typer(jobs_app, name="jobs")
-app.add_typer(notifications_app, name="notifications")
-app.command()(watch)
-app.command()(unwatch)
 
 UrlOption = Annotated[str | None, typer.Option("--url", help="Server address; default TUNEDOCK_URL or the client config.")]
 TokenOption = Annotated[str | None, typer.Option("--token", help="API key or token; default TUNEDOCK_TOKEN or the client config.")]
@@ -310,6 +308,15 @@ def jobs_cancel(job_id: JobArgument, url: UrlOption = None, token: TokenOption =
         typer.echo(f"Cancel of job {job_id} requested. `tunedock jobs watch {job_id}` shows when it ends.")
     else:
         typer.echo(f"Job {job_id} {job['status']}: {job['error']}")
+
+
+app.command()(watch)
+app.command()(unwatch)
+app.add_typer(notifications_app, name="notifications")
+app.command()(login)
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
+app.command()(audit)
 
 
 def main() -> None:

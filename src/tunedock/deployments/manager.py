@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tunedock.accounts import audit
+from tunedock.accounts.audit import SYSTEM_ACTOR
 from tunedock.accounts.identity import SYSTEM, Principal
 from tunedock.catalog.fingerprint import directory_hash
 from tunedock.deployments import records
@@ -282,6 +284,9 @@ class DeploymentManager:
         """Un-deploy a deployment on the system's behalf, recording why."""
         await asyncio.to_thread(records.start_undeploy, self.database, deployment_id, SYSTEM, reason)
         await self._take_down(deployment_id)
+        deployment = await asyncio.to_thread(records.get_deployment, self.database, deployment_id)
+        await asyncio.to_thread(audit.record, self.database, SYSTEM_ACTOR, "deployment.undeploy", deployment.name,
+                                "success", None, reason)
         logger.info("deployment %s un-deployed by the system: %s", deployment_id, reason)
 
     async def _take_down(self, deployment_id: int) -> None:

@@ -245,3 +245,26 @@ class OutboxEntry(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class AuditEvent(Base):
+    """One state-changing action: who did what to which target, and how it ended.
+
+    Rows are only ever inserted; on SQLite and PostgreSQL a trigger rejects updates and
+    deletes.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_created_at", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # null for the system
+    actor: Mapped[str] = mapped_column(String(64), index=True)  # username, or "system"
+    key_prefix: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(255), default="")
+    outcome: Mapped[str] = mapped_column(String(16))  # success, denied, failed
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    client_address: Mapped[str | None] = mapped_column(String(64), nullable=True)

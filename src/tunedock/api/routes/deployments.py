@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Literal
 
 import orjson
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from tunedock.api.dependencies import ReaderDep, ServicesDep, WriterDep
@@ -41,20 +41,22 @@ StatusFilter = Literal["deploying", "success", "failed"]
 
 
 @router.post("/api/models/{model}/deployments", status_code=202)
-async def create_deployment(model: str, body: DeploymentCreate, services: ServicesDep,
+async def create_deployment(model: str, body: DeploymentCreate, request: Request, services: ServicesDep,
                             principal: WriterDep) -> DeploymentAccepted:
-    request = DeployRequest(parameters=body.parameters(), description=body.description)
-    created = await services.deployments.deploy(principal, model, request)
+    deploy_request = DeployRequest(parameters=body.parameters(), description=body.description)
+    created = await services.deployments.deploy(principal, model, deploy_request)
+    request.state.audit_target = created.deployment.name
     return await _accepted(services, created)
 
 
 @router.post("/api/deployments/{deployment_id}/redeploy", status_code=202)
-async def redeploy(deployment_id: int, services: ServicesDep, principal: WriterDep,
+async def redeploy(deployment_id: int, request: Request, services: ServicesDep, principal: WriterDep,
                    body: RedeployRequest | None = None) -> DeploymentAccepted:
     """Deploy a new version of the model with this version's parameters (a rollback)."""
     body = body or RedeployRequest()
     created = await services.deployments.redeploy(principal, deployment_id, body.description,
                                                   body.allow_changed_files)
+    request.state.audit_target = f"{created.deployment.name} (parameters of deployment {deployment_id})"
     return await _accepted(services, created)
 
 
@@ -113,9 +115,10 @@ def _ref(deployment: Deployment) -> DeploymentRef:
 
 
 @router.post("/api/deployments/{deployment_id}/undeploy", status_code=202)
-async def undeploy(deployment_id: int, services: ServicesDep, principal: WriterDep) -> JobPublic:
+async def undeploy(deployment_id: int, request: Request, services: ServicesDep, principal: WriterDep) -> JobPublic:
     job = await services.deployments.undeploy(principal, deployment_id)
     job, events = await asyncio.to_thread(records.get_job, services.database, job.id)
+    request.state.audit_target = f"deployment {deployment_id} (job {job.id})"
     return JobPublic.of(job, events)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from tunedock.api.dependencies import ReaderDep, ServicesDep, WriterDep
 from tunedock.api.schemas import EndpointPublic, ModelCreate, ModelList, ModelPublic, Snippets
@@ -15,7 +15,8 @@ router = APIRouter(prefix="/api/models", tags=["models"])
 
 
 @router.post("", status_code=201)
-def register_model(body: ModelCreate, services: ServicesDep, principal: WriterDep) -> ModelPublic:
+def register_model(body: ModelCreate, request: Request, services: ServicesDep, principal: WriterDep) -> ModelPublic:
+    request.state.audit_target = f"{body.name} from {body.path}"
     model = services.registry.register(principal, body.name, body.path, body.description, body.tags,
                                        body.base_model, body.technique)
     return ModelPublic.of(model)
