@@ -275,8 +275,10 @@ def test_without_smtp_mail_is_written_to_outbox(server: ServerProcess) -> None:
     with server.client() as client:
         model = register_t5(client, server.home, "Outbox T5", "outbox-t5")
         deploy_and_wait(client, model["slug"])
-        written = wait_until(lambda: list((server.home / "outbox").glob("*.eml")), "an .eml file")
-    assert any("Outbox T5_v1 is ready" in path.read_text(errors="replace") for path in written)
+        found = wait_until(lambda: [path for path in (server.home / "outbox").glob("*.eml")
+                                    if "Outbox T5_v1 is ready" in path.read_text(errors="replace")],
+                           "the .eml file of the ready email")
+    assert len(found) == 1
 
 
 # The CLI ------------------------------------------------------------------------------------------
