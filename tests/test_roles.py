@@ -16,7 +16,7 @@ from tunedock.settings import Settings
 
 ROLES = ("viewer", "developer", "admin")
 RANK = {role: rank for rank, role in enumerate(ROLES)}
-PUBLIC = {("POST", "/api/auth/login"), ("GET", "/healthz")}
+PUBLIC = {("POST", "/api/auth/login"), ("GET", "/healthz"), ("GET", "/metrics")}
 
 # The least role each management route needs. A route missing here fails the completeness test.
 LEAST_ROLE = {

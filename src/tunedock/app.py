@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from sqlalchemy.engine import make_url
 
@@ -74,6 +75,12 @@ def create_app(settings: Settings, on_first_admin: FirstAdminCallback | None = N
     app.include_router(accounts.router)
     app.include_router(notifications.router)
     app.include_router(inference.router)
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    async def metrics(request: Request) -> PlainTextResponse:
+        """Inference metrics in the Prometheus text format, for a scraper on the same network."""
+        registry = request.app.state.services.metrics.registry
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

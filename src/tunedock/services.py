@@ -10,6 +10,7 @@ from tunedock.catalog.registration import ModelRegistry
 from tunedock.deployments.manager import DeploymentManager
 from tunedock.deployments.routing import RoutingTable
 from tunedock.deployments.supervision import SupervisionPolicy
+from tunedock.deployments.usage import InferenceMetrics
 from tunedock.notifier.outbox import Outbox, OutboxConfig
 from tunedock.notifier.transport import mail_transport_from_settings
 from tunedock.notifier.worker import OutboxWorker
@@ -30,6 +31,7 @@ class Services:
     replica_token: str
     notifications: OutboxWorker
     sign_in_limits: SignInLimiter
+    metrics: InferenceMetrics
 
 
 def build_services(settings: Settings) -> Services:
@@ -53,6 +55,7 @@ def build_services(settings: Settings) -> Services:
         notifications=OutboxWorker(database, settings, mail_transport_from_settings(settings),
                                    settings.notify_poll_interval),
         sign_in_limits=SignInLimiter(settings.sign_in_attempts, settings.sign_in_window),
+        metrics=InferenceMetrics(),
     )
 
 

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     replica_python: str = Field(
         default=sys.executable, description="Python interpreter that runs model-server processes."
     )
+    rate_limit_per_key: int = Field(
+        default=0, ge=0, description="Inference requests per minute for each API key; 0 turns the limit off."
+    )
+    rate_limit_per_model: int = Field(
+        default=0, ge=0, description="Inference requests per minute for each model; 0 turns the limit off."
+    )
     sign_in_attempts: int = Field(
         default=5, ge=1, description="Failed sign-ins per username, and per client address, within "
         "sign_in_window before further attempts get 429."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 # inference request does not become a database write.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 PERSONAL_TOKEN_LIFETIME = timedelta(days=30)
+REMEMBER_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,32 @@ class IssuedKey:
     secret: str
 
 
+@dataclass(frozen=True)
+class _Remembered:
+    principal: Principal
+    valid_until: float  # time.monotonic()
+    expires_at: datetime | None
+
+
 class AccountService:
     def __init__(self, database: Database) -> None:
         self.database = database
+        # Recently checked secrets, so that the inference gateway need not query the store on
+        # every request. Every change to a key or user in this process empties it; the short
+        # lifetime bounds what another server process sharing the database could change.
+        self._remembered: dict[str, _Remembered] = {}
+
+    def remembered_principal(self, bearer: str) -> Principal | None:
+        """Return the principal of a secret checked within the last few seconds, without the store."""
+        entry = self._remembered.get(secret_tools.hash_key(bearer))
+        if entry is None or time.monotonic() >= entry.valid_until:
+            return None
+        if entry.expires_at is not None and entry.expires_at <= utc_now():
+            return None
+        return entry.principal
+
+    def forget_credentials(self) -> None:
+        self._remembered.clear()
 
     def ensure_first_admin(self, username: str, email: str, password: str | None,
                            api_key: str | None) -> FirstAdmin | None:
@@ -116,9 +141,12 @@ class AccountService:
                                            code="user_disabled")
             if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
                 key.last_used_at = now
-            return Principal(user_id=user.id, username=user.username, role=user.role,
-                             key_prefix=prefix, scopes=tuple(key.scopes),
-                             models=tuple(key.models) if key.models is not None else None)
+            principal = Principal(user_id=user.id, username=user.username, role=user.role,
+                                  key_prefix=prefix, scopes=tuple(key.scopes),
+                                  models=tuple(key.models) if key.models is not None else None)
+            self._remembered[key.secret_hash] = _Remembered(principal, time.monotonic() + REMEMBER_SECONDS,
+                                                            key.expires_at)
+            return principal
 
     def create_api_key_for(self, principal: Principal, username: str, name: str, scopes: list[str],
                            models: list[str] | None, expires_at: datetime | None) -> IssuedKey:
@@ -149,6 +177,7 @@ class AccountService:
                                        "may revoke it.", code="not_key_owner")
             if key.revoked_at is None:
                 key.revoked_at = utc_now()
+        self.forget_credentials()
         logger.info("user %s revoked API key %s", principal.username, key.prefix)
         return key
 
@@ -189,6 +218,7 @@ class AccountService:
                 user.role = role
             if disabled is not None:
                 user.disabled = disabled
+        self.forget_credentials()
         logger.info("user %s updated %s: role=%s disabled=%s", principal.username, username, role, disabled)
         return user
 
@@ -206,6 +236,7 @@ class AccountService:
                                                               ApiKey.kind == "personal_token",
                                                               ApiKey.revoked_at.is_(None))):
                 token.revoked_at = utc_now()
+        self.forget_credentials()
         logger.info("password of user %s reset", username)
         return None if password else chosen
 

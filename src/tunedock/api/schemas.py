@@ -16,6 +16,7 @@ from tunedock.deployments.parameters import (
 )
 from tunedock.deployments.comparison import FieldChange, changes_between
 from tunedock.deployments.records import DeploymentRecord, duration_seconds
+from tunedock.deployments.usage import DeploymentUsage
 from tunedock.store.tables import ApiKey, AuditEvent, Deployment, Job, JobEvent, Model, User
 
 
@@ -153,11 +154,30 @@ class UndeploymentSection(BaseModel):
     ended_at: datetime | None
 
 
+class UsagePublic(BaseModel):
+    """Inference through the gateway since the server process started."""
+
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    mean_latency_seconds: float | None
+    latency_histogram: dict[str, int] = Field(description="Requests per latency bucket, `le_<seconds>`.")
+
+    @classmethod
+    def of(cls, usage: DeploymentUsage) -> UsagePublic:
+        mean = usage.latency_seconds_total / usage.requests if usage.requests else None
+        return cls(requests=usage.requests, errors=usage.errors, prompt_tokens=usage.prompt_tokens,
+                   completion_tokens=usage.completion_tokens, mean_latency_seconds=mean,
+                   latency_histogram=usage.latency_buckets)
+
+
 class DeploymentDetail(BaseModel):
     id: int
     general: DeploymentGeneral
     deployment: DeploymentSection
     undeployment: UndeploymentSection | None
+    usage: UsagePublic | None = None
 
     @classmethod
     def of(cls, record: DeploymentRecord) -> DeploymentDetail:

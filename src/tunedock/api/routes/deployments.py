@@ -24,6 +24,7 @@ from tunedock.api.schemas import (
     JobEventPublic,
     JobPublic,
     RedeployRequest,
+    UsagePublic,
 )
 from tunedock.deployments import records
 from tunedock.deployments.comparison import changes_between, compared_fields
@@ -90,7 +91,9 @@ def get_version(model: str, version: int, services: ServicesDep, principal: Read
 
 @router.get("/api/deployments/{deployment_id}")
 def get_deployment(deployment_id: int, services: ServicesDep, principal: ReaderDep) -> DeploymentDetail:
-    return DeploymentDetail.of(records.deployment_record(services.database, deployment_id))
+    detail = DeploymentDetail.of(records.deployment_record(services.database, deployment_id))
+    detail.usage = UsagePublic.of(services.metrics.usage(deployment_id))
+    return detail
 
 
 @router.get("/api/deployments/{a}/diff/{b}")

@@ -1,0 +1,60 @@
+"""Usage of each deployment: Prometheus metrics at /metrics and totals for the detail view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+@dataclass
+class DeploymentUsage:
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_seconds_total: float = 0.0
+    latency_buckets: dict[str, int] = field(default_factory=dict)
+
+
+class InferenceMetrics:
+    """Counts requests, errors, tokens and latency per model and deployment."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("model", "deployment")
+        self._requests = Counter("tunedock_inference_requests", "Inference requests answered by the gateway.",
+                                 (*labels, "route", "status"), registry=self.registry)
+        self._errors = Counter("tunedock_inference_errors", "Inference requests that ended with a 4xx or 5xx.",
+                               labels, registry=self.registry)
+        self._tokens = Counter("tunedock_inference_tokens", "Tokens processed, by kind (prompt or completion).",
+                               (*labels, "kind"), registry=self.registry)
+        self._latency = Histogram("tunedock_inference_latency_seconds", "Time from request to full response.",
+                                  labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._usage: dict[int, DeploymentUsage] = {}
+
+    def observe(self, model: str, deployment_id: int, deployment_name: str, route: str, status: int,
+                seconds: float, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        labels = (model, deployment_name)
+        self._requests.labels(*labels, route, str(status)).inc()
+        self._latency.labels(*labels).observe(seconds)
+        usage = self._usage.setdefault(deployment_id, DeploymentUsage())
+        usage.requests += 1
+        usage.latency_seconds_total += seconds
+        bucket = next((f"le_{bound:g}" for bound in LATENCY_BUCKETS if seconds <= bound), "le_inf")
+        usage.latency_buckets[bucket] = usage.latency_buckets.get(bucket, 0) + 1
+        if status >= 400:
+            self._errors.labels(*labels).inc()
+            usage.errors += 1
+        if prompt_tokens:
+            self._tokens.labels(*labels, "prompt").inc(prompt_tokens)
+            usage.prompt_tokens += prompt_tokens
+        if completion_tokens:
+            self._tokens.labels(*labels, "completion").inc(completion_tokens)
+            usage.completion_tokens += completion_tokens
+
+    def usage(self, deployment_id: int) -> DeploymentUsage:
+        """Totals since this server process started."""
+        return self._usage.get(deployment_id, DeploymentUsage())
