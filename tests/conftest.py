@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,17 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+from sqlalchemy.engine import make_url
+
+from tunedock.settings import Settings
+
+# Which store the suite runs on: "sqlite" (each server's home holds its file) or "postgresql"
+# (each server gets a database of its own on the server below, dropped at the end).
+TEST_DATABASE = os.environ.get("TUNEDOCK_TEST_DATABASE", "sqlite")
+POSTGRES_URL = os.environ.get("TUNEDOCK_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+_created_databases: list[str] = []
 
 ADMIN_KEY = "tdk_test_admin_key_0123456789abcdef"
 ADMIN_PASSWORD = "test-admin-password"
@@ -45,12 +57,48 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def fresh_database_url() -> str | None:
+    """Return the URL of a new, empty PostgreSQL database, or None when the suite runs on SQLite."""
+    if TEST_DATABASE != "postgresql":
+        return None
+    return fresh_postgres_url()
+
+
+def fresh_postgres_url() -> str:
+    """Create an empty PostgreSQL database, dropped at the end of the session, and return its URL."""
+    name = f"tunedock_test_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    _created_databases.append(name)
+    return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def isolated_settings(home: Path, **values: Any) -> Settings:
+    """Settings for an in-process app with its own home and, on PostgreSQL, its own database."""
+    return Settings(home=home, database_url=fresh_database_url(), **values)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def drop_test_databases() -> Iterator[None]:
+    yield
+    if not _created_databases:
+        return
+    engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with engine.connect() as connection:
+        for name in _created_databases:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
 @dataclass
 class ServerProcess:
     url: str
     home: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    database_url: str
 
     @property
     def headers(self) -> dict[str, str]:
@@ -70,6 +118,11 @@ def server_environment(home: Path, url: str | None = None) -> dict[str, str]:
     environment = dict(os.environ, TUNEDOCK_HOME=str(home), TUNEDOCK_ADMIN_API_KEY=ADMIN_KEY,
                        TUNEDOCK_ADMIN_PASSWORD=ADMIN_PASSWORD, HF_HUB_OFFLINE="1",
                        TOKENIZERS_PARALLELISM="false")
+    database_file = home / "database-url"
+    if database_file.exists():
+        environment["TUNEDOCK_DATABASE_URL"] = database_file.read_text().strip()
+    else:
+        environment.pop("TUNEDOCK_DATABASE_URL", None)
     if url is not None:
         environment["TUNEDOCK_URL"] = url
         environment["TUNEDOCK_TOKEN"] = ADMIN_KEY
@@ -79,13 +132,21 @@ def server_environment(home: Path, url: str | None = None) -> dict[str, str]:
 def start_server(home: Path, port: int, extra_args: tuple[str, ...] = (),
                  extra_env: dict[str, str] | None = None) -> ServerProcess:
     home.mkdir(parents=True, exist_ok=True)
+    database_file = home / "database-url"
+    if not database_file.exists():
+        database = fresh_database_url()
+        if database is not None:
+            # Kept in the home so that a restart, and the CLI, reach the same database.
+            database_file.write_text(database)
     log_path = home / "server-output.log"
     command = [sys.executable, "-m", "tunedock", "serve", "--host", "127.0.0.1", "--port", str(port), *extra_args]
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
                                    env={**server_environment(home), **(extra_env or {})},
                                    start_new_session=True)
-    server = ServerProcess(url=f"http://127.0.0.1:{port}", home=home, process=process, log_path=log_path)
+    database_url = database_file.read_text().strip() if database_file.exists() else f"sqlite:///{home / 'tunedock.db'}"
+    server = ServerProcess(url=f"http://127.0.0.1:{port}", home=home, process=process, log_path=log_path,
+                           database_url=database_url)
     wait_until_healthy(server)
     return server
 

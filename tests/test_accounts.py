@@ -10,10 +10,9 @@ import pytest
 import sqlalchemy
 from fastapi.testclient import TestClient
 
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, isolated_settings
 from tunedock.app import create_app
 from tunedock.demo.registry import minilm_model_path
-from tunedock.settings import Settings
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 PASSWORD = "member-password-1"
@@ -21,8 +20,8 @@ PASSWORD = "member-password-1"
 
 @pytest.fixture()
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(home=tmp_path / "home", admin_api_key=ADMIN_KEY, admin_password="test-password-1",
-                        port=18042, sign_in_attempts=3)
+    settings = isolated_settings(tmp_path / "home", admin_api_key=ADMIN_KEY, admin_password="test-password-1",
+                             port=18042, sign_in_attempts=3)
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, isolated_settings
 from tunedock.app import create_app
 from tunedock.demo.registry import minilm_model_path
 from tunedock.deployments import records
@@ -19,8 +19,8 @@ AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 @pytest.fixture()
 def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home", admin_api_key=ADMIN_KEY, admin_password="test-password-1",
-                    port=18040)
+    return isolated_settings(tmp_path / "home", admin_api_key=ADMIN_KEY, admin_password="test-password-1",
+                             port=18040)
 
 
 @pytest.fixture()

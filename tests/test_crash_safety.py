@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.conftest import (
     ServerProcess,
@@ -250,7 +251,7 @@ def terminated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         server.process.wait(timeout=120)
     log = server.log()
     return {"response": outcome.get("response"), "log": log, "returncode": server.process.returncode,
-            "home": home}
+            "home": home, "database_url": server.database_url}
 
 
 def test_sigterm_lets_in_flight_request_finish(terminated: dict[str, Any]) -> None:
@@ -268,10 +269,10 @@ def test_sigterm_stops_replicas(terminated: dict[str, Any]) -> None:
 
 
 def test_sigterm_records_stopped_replicas(terminated: dict[str, Any]) -> None:
-    import sqlite3
-
-    with sqlite3.connect(terminated["home"] / "tunedock.db") as connection:
-        statuses = {row[0] for row in connection.execute("SELECT status FROM replicas")}
+    engine = create_engine(terminated["database_url"])
+    with engine.connect() as connection:
+        statuses = {row[0] for row in connection.execute(text("SELECT status FROM replicas"))}
+    engine.dispose()
     assert statuses == {"stopped"}
 
 

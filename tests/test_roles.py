@@ -10,9 +10,8 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, isolated_settings
 from tunedock.app import create_app
-from tunedock.settings import Settings
 
 ROLES = ("viewer", "developer", "admin")
 RANK = {role: rank for rank, role in enumerate(ROLES)}
@@ -58,7 +57,7 @@ SAMPLE_PARAMETERS = {"model": "no-such-model", "username": "nobody", "version": 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    settings = Settings(home=tmp_path_factory.mktemp("roles-home"), admin_api_key=ADMIN_KEY,
+    settings = isolated_settings(tmp_path_factory.mktemp("roles-home"), admin_api_key=ADMIN_KEY,
                         admin_password="test-password-1", port=18041)
     with TestClient(create_app(settings)) as test_client:
         yield test_client

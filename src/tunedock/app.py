@@ -13,9 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from sqlalchemy.engine import make_url
 
+from tunedock import web
 from tunedock.accounts.service import FirstAdmin
 from tunedock.api.audit_trail import AuditTrailMiddleware
 from tunedock.api.errors import (
@@ -31,7 +32,7 @@ from tunedock.gateway.errors import openai_domain_error_response, openai_error_r
 from tunedock.gateway.forwarder import Gateway
 from tunedock.services import Services, build_services
 from tunedock.settings import Settings
-from tunedock.store.database import upgrade_schema
+from tunedock.store.database import prepare_schema, redacted
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def create_app(settings: Settings, on_first_admin: FirstAdminCallback | None = N
         background = [asyncio.create_task(services.deployments.restore(), name="restore")]
         if on_started is not None:
             background.append(asyncio.create_task(_run_after(background[0], on_started, services)))
-        logger.info("Tunedock serving at %s with store %s", settings.base_url, _redacted(services.database.url))
+        logger.info("Tunedock serving at %s with store %s", settings.base_url, redacted(services.database.url))
         try:
             yield
         finally:
@@ -63,6 +64,9 @@ def create_app(settings: Settings, on_first_admin: FirstAdminCallback | None = N
             await services.deployments.shutdown()
             await services.notifications.stop()
             await gateway.close()
+            # Store calls of cancelled tasks may still be running in worker threads; let them
+            # return their connections before the pool closes.
+            await asyncio.get_running_loop().shutdown_default_executor()
             services.database.dispose()
             logger.info("Tunedock stopped")
 
@@ -75,6 +79,8 @@ def create_app(settings: Settings, on_first_admin: FirstAdminCallback | None = N
     app.include_router(accounts.router)
     app.include_router(notifications.router)
     app.include_router(inference.router)
+    app.include_router(web.router)
+    app.mount(web.STATIC_PREFIX, web.static_files(), name="console-static")
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def metrics(request: Request) -> PlainTextResponse:
@@ -91,7 +97,7 @@ def create_app(settings: Settings, on_first_admin: FirstAdminCallback | None = N
 
 def _open_services(settings: Settings, on_first_admin: FirstAdminCallback | None) -> Services:
     settings.home_dir.mkdir(parents=True, exist_ok=True)
-    upgrade_schema(settings.resolved_database_url)
+    prepare_schema(settings.resolved_database_url)
     services = build_services(settings)
     first_admin = services.accounts.ensure_first_admin(
         settings.admin_username, settings.admin_email, settings.admin_password, settings.admin_api_key)
@@ -154,14 +160,17 @@ def _install_error_handlers(app: FastAPI) -> None:
             return openai_error_response(exc.status_code, message, code)
         return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(OperationalError)
+    async def on_database_unreachable(request: Request, exc: OperationalError) -> JSONResponse:
+        logger.error("database unreachable during %s %s: %s", request.method, request.url.path, exc.orig)
+        message = "The database is unreachable; retry shortly. The server log has details."
+        if is_inference(request):
+            return openai_error_response(503, message, "database_unavailable")
+        return JSONResponse(error_body("database_unavailable", message), status_code=503)
+
     @app.exception_handler(Exception)
     async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         if is_inference(request):
             logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
             return openai_error_response(500, "Internal server error; the server log has details.")
         return internal_error_response(request, exc)
-
-
-def _redacted(url: str) -> str:
-    """Hide the password of a database URL before it is logged."""
-    return make_url(url).render_as_string(hide_password=True)

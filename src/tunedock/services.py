@@ -17,7 +17,7 @@ from tunedock.notifier.worker import OutboxWorker
 from tunedock.replicas.local import LocalProcessBackend
 from tunedock.replicas.token import load_or_create_replica_token
 from tunedock.settings import Settings
-from tunedock.store.database import Database
+from tunedock.store.database import Database, PoolSettings
 
 
 @dataclass
@@ -35,7 +35,9 @@ class Services:
 
 
 def build_services(settings: Settings) -> Services:
-    database = Database(settings.resolved_database_url)
+    database = Database(settings.resolved_database_url, PoolSettings(
+        size=settings.database_pool_size, max_overflow=settings.database_max_overflow,
+        timeout=settings.database_pool_timeout))
     routing = RoutingTable()
     replica_token = load_or_create_replica_token(settings.home_dir)
     backend = LocalProcessBackend(python=settings.replica_python, start_timeout=settings.replica_start_timeout,

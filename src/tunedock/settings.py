@@ -31,6 +31,13 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy URL of the store; default: SQLite file tunedock.db in the home.",
     )
+    database_pool_size: int = Field(default=5, ge=1, description="Connections kept open to PostgreSQL.")
+    database_max_overflow: int = Field(
+        default=10, ge=0, description="Extra PostgreSQL connections allowed under load beyond the pool size."
+    )
+    database_pool_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a request waits for a database connection before a 503."
+    )
     host: str = Field(default="127.0.0.1", description="Address the server listens on.")
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535, description="TCP port of the server.")
     public_url: str | None = Field(

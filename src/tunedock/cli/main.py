@@ -13,6 +13,7 @@ from tunedock.cli import history as history_views
 from tunedock.cli.client import ApiClient, CliError, model_path, resolve_connection
 from tunedock.cli.history import find_version
 from tunedock.cli.accounts import audit, keys_app, login, users_app
+from tunedock.cli.database import db_app
 from tunedock.cli.notifications import notifications_app, unwatch, watch
 from tunedock.cli.output import echo_json, echo_table, human_size, short_time
 from tunedock.cli.progress import event_line, follow_job
@@ -317,6 +318,7 @@ app.command()(login)
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.command()(audit)
+app.add_typer(db_app, name="db")
 
 
 def main() -> None:

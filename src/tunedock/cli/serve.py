@@ -9,12 +9,14 @@ from typing import Any
 
 import typer
 import uvicorn
+from sqlalchemy.exc import OperationalError
 
 from tunedock.accounts.service import FirstAdmin
 from tunedock.app import create_app
-from tunedock.errors import Conflict
+from tunedock.errors import Conflict, TunedockError
 from tunedock.home_lock import HomeLock
 from tunedock.settings import Settings
+from tunedock.store.database import prepare_schema, redacted
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -35,9 +37,15 @@ def run_server(host: str | None, port: int | None, home: Path | None, demo: bool
     try:
         lock.acquire(settings.base_url)
         _check_port_free(settings.host, settings.port)
-    except Conflict as exc:
+        prepare_schema(settings.resolved_database_url)
+    except TunedockError as exc:
         lock.release()
         typer.echo(f"Error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    except OperationalError as exc:
+        lock.release()
+        typer.echo(f"Error: cannot reach the database at {redacted(settings.resolved_database_url)}: "
+                   f"{exc.orig}. Check TUNEDOCK_DATABASE_URL and that the server is running.", err=True)
         raise typer.Exit(1) from None
     app = create_app(settings, on_first_admin=_show_first_admin, on_started=on_started)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
