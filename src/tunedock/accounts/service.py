@@ -181,6 +181,17 @@ class AccountService:
         logger.info("user %s revoked API key %s", principal.username, key.prefix)
         return key
 
+    def sign_out(self, principal: Principal) -> None:
+        """Revoke the personal access token the principal signed in with; API keys are untouched."""
+        with self.database.session() as session:
+            token = session.scalars(select(ApiKey).where(ApiKey.prefix == principal.key_prefix,
+                                                         ApiKey.kind == "personal_token")).first()
+            if token is None or token.revoked_at is not None:
+                return
+            token.revoked_at = utc_now()
+        self.forget_credentials()
+        logger.info("user %s signed out; token %s revoked", principal.username, principal.key_prefix)
+
     def get_user(self, username: str) -> User:
         with self.database.session() as session:
             user = session.scalars(select(User).where(User.username == username)).first()

@@ -6,14 +6,11 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
-
 from tunedock.accounts.identity import Principal
 from tunedock.services import Services
 from tunedock.store.tables import ApiKey, utc_now
 
 logger = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class ApiKeyInfo:
@@ -39,24 +36,14 @@ class ApiKeyInfo:
                    models=list(key.models) if key.models is not None else None, created_at=key.created_at,
                    last_used_at=key.last_used_at, expires_at=key.expires_at, revoked_at=key.revoked_at)
 
-
 def list_api_keys(services: Services, principal: Principal) -> list[ApiKeyInfo]:
     """Return the principal's own API keys (not sign-in tokens), newest first."""
     keys = [ApiKeyInfo.of(key) for key, _owner in services.accounts.list_keys(principal, False)]
     return sorted(keys, key=lambda key: key.id, reverse=True)
 
-
 def revoke_api_key(services: Services, principal: Principal, key_id: int) -> ApiKeyInfo:
     return ApiKeyInfo.of(services.accounts.revoke_key(principal, key_id))
 
-
 def end_sign_in(services: Services, principal: Principal) -> None:
     """Revoke the personal access token of a console session, so the cookie is useless from now on."""
-    # TODO: AccountService has no call that revokes one personal token, so this writes the
-    # api_keys row itself; replace it with that call once it exists.
-    with services.database.session() as session:
-        token = session.scalars(select(ApiKey).where(ApiKey.prefix == principal.key_prefix,
-                                                     ApiKey.kind == "personal_token")).first()
-        if token is not None and token.revoked_at is None:
-            token.revoked_at = utc_now()
-            logger.info("user %s signed out of the console; token %s revoked", principal.username, token.prefix)
+    services.accounts.sign_out(principal)
