@@ -12,6 +12,7 @@ from tunedock.store.tables import ApiKey, utc_now
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class ApiKeyInfo:
     """An API key as its owner may see it: everything but the secret and its hash."""
