@@ -49,7 +49,7 @@ def run_server(host: str | None, port: int | None, home: Path | None, demo: bool
         raise typer.Exit(1) from None
     app = create_app(settings, on_first_admin=_show_first_admin, on_started=on_started)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            access_log=False, timeout_graceful_shutdown=30)
+                            access_log=False, timeout_graceful_shutdown=settings.drain_timeout)
     try:
         uvicorn.Server(config).run()
     finally:

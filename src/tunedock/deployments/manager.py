@@ -437,7 +437,7 @@ class DeploymentManager:
         return True
 
     def _spawn_background(self, work: Any) -> None:
-        task = asyncio.create_task(work)
+        task = asyncio.create_task(_logged(work))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -542,6 +542,16 @@ class DeploymentManager:
 
     async def _event(self, job_id: int, stage: str, message: str) -> None:
         await asyncio.to_thread(records.add_event, self.database, job_id, stage, message)
+
+
+async def _logged(work: Any) -> None:
+    """Run supervision work, logging any failure instead of leaving it in an unread task."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - one failed repair must not go unnoticed or stop others
+        logger.exception("supervision work %s failed", getattr(work, "__qualname__", work))
 
 
 def engine_version(engine: str) -> str | None:

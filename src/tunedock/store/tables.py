@@ -146,7 +146,7 @@ class Deployment(Base):
     started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     undeployed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    undeploy_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    undeploy_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     undeploy_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     undeploy_ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
