@@ -53,6 +53,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy
+import sqlalchemy.engine
+import sqlalchemy.pool
 from sqlalchemy import event, insert, select, update
 from sqlalchemy.engine import Engine
 
@@ -112,18 +115,36 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def server_environment(home: Path) -> dict[str, str]:
-    # TUNEDOCK_* variables of the caller are dropped so that the store is always a fresh
-    # SQLite file in the temporary home.
+def server_environment(home: Path, database_url: str) -> dict[str, str]:
+    # TUNEDOCK_* variables of the caller are dropped so that the store is always the fresh
+    # one chosen here.
     environment = {name: value for name, value in os.environ.items() if not name.startswith("TUNEDOCK_")}
     environment.update(TUNEDOCK_HOME=str(home), TUNEDOCK_ADMIN_USERNAME=ADMIN_USERNAME,
                        TUNEDOCK_ADMIN_PASSWORD=ADMIN_PASSWORD, TUNEDOCK_ADMIN_API_KEY=ADMIN_API_KEY,
-                       HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+                       TUNEDOCK_DATABASE_URL=database_url, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return environment
 
 
 @contextlib.contextmanager
-def running_server(home: Path) -> Iterator[ServerProcess]:
+def fresh_database(home: Path, postgres_url: str | None) -> Iterator[str]:
+    """Yield the URL of an empty store: a SQLite file in the home, or a new PostgreSQL database."""
+    if postgres_url is None:
+        yield f"sqlite:///{home / 'tunedock.db'}"
+        return
+    name = f"tunedock_bench_{os.getpid()}_{int(time.time())}"
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sqlalchemy.engine.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def running_server(home: Path, database_url: str) -> Iterator[ServerProcess]:
     """Start ``tunedock serve`` on a free loopback port, and stop it on exit."""
     port = free_port()
     log_path = home / "server-output.log"
@@ -131,7 +152,7 @@ def running_server(home: Path) -> Iterator[ServerProcess]:
     # The working directory is the home, so the server reads no stray .env file.
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=home,
-                                   env=server_environment(home), start_new_session=True)
+                                   env=server_environment(home, database_url), start_new_session=True)
     server = ServerProcess(process=process, url=f"http://{HOST}:{port}", home=home, log_path=log_path)
     logger.info("started the server (pid %s) at %s", process.pid, server.url)
     try:
@@ -456,16 +477,17 @@ class Options:
     warmup: int
     seed: int
     query_plans: bool
+    postgres_url: str | None
 
 
 def run_benchmark(options: Options) -> tuple[list[Summary], str | None]:
     with tempfile.TemporaryDirectory(prefix="tunedock-bench-history-") as home_name:
         home = Path(home_name)
-        with running_server(home) as server, httpx.Client(
-                base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_API_KEY}"},
-                timeout=REQUEST_TIMEOUT) as client:
+        with fresh_database(home, options.postgres_url) as database_url, running_server(home, database_url) as server, \
+                httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_API_KEY}"},
+                             timeout=REQUEST_TIMEOUT) as client:
             model = register_model(client)
-            database = Database(f"sqlite:///{home / 'tunedock.db'}")
+            database = Database(database_url)
             try:
                 started = time.monotonic()
                 deployment_ids = fill_history(database, model, options.rows, options.seed)
@@ -495,9 +517,15 @@ def parse_options(argv: list[str] | None) -> Options:
                         help="Seed of the generated history and of the random detail ids (default: 1).")
     parser.add_argument("--query-plans", action="store_true",
                         help="Also print SQLite's query plan of each query behind the measured routes.")
+    parser.add_argument("--postgres-url", default=None,
+                        help="Run on a new database on this PostgreSQL server instead of SQLite, e.g. "
+                        "postgresql+psycopg://postgres@127.0.0.1:5432/test (the user must be allowed to "
+                        "create databases).")
     args = parser.parse_args(argv)
+    if args.postgres_url and args.query_plans:
+        parser.error("--query-plans reads SQLite's plans; leave it out with --postgres-url")
     return Options(rows=args.rows, requests=args.requests, warmup=args.warmup, seed=args.seed,
-                   query_plans=args.query_plans)
+                   query_plans=args.query_plans, postgres_url=args.postgres_url)
 
 
 def positive_int(text: str) -> int:
