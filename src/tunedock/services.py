@@ -30,7 +30,6 @@ class Services:
     routing: RoutingTable
     replica_token: str
     notifications: OutboxWorker
-    sign_in_limits: SignInLimiter
     metrics: InferenceMetrics
 
 
@@ -48,7 +47,7 @@ def build_services(settings: Settings) -> Services:
     return Services(
         settings=settings,
         database=database,
-        accounts=AccountService(database),
+        accounts=AccountService(database, SignInLimiter(settings.sign_in_attempts, settings.sign_in_window)),
         registry=ModelRegistry(database, settings.allowed_model_roots),
         deployments=DeploymentManager(database, backend, routing, settings.replica_logs_dir,
                                       supervision_policy(settings), outbox),
@@ -56,7 +55,6 @@ def build_services(settings: Settings) -> Services:
         replica_token=replica_token,
         notifications=OutboxWorker(database, settings, mail_transport_from_settings(settings),
                                    settings.notify_poll_interval),
-        sign_in_limits=SignInLimiter(settings.sign_in_attempts, settings.sign_in_window),
         metrics=InferenceMetrics(),
     )
 

@@ -10,8 +10,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tunedock.accounts import audit
 from tunedock.accounts import secrets as secret_tools
+from tunedock.accounts.audit import Actor
 from tunedock.accounts.identity import ROLES, SCOPES, Principal
+from tunedock.accounts.sign_in_limits import SignInLimiter
 from tunedock.errors import AuthenticationFailed, Conflict, InvalidInput, NotFound, PermissionDenied
 from tunedock.store.database import Database
 from tunedock.store.tables import ApiKey, User, utc_now
@@ -51,8 +54,9 @@ class _Remembered:
 
 
 class AccountService:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, sign_in_limits: SignInLimiter | None = None) -> None:
         self.database = database
+        self.sign_in_limits = sign_in_limits or SignInLimiter(attempts=5, window=300.0)
         # Recently checked secrets, so that the inference gateway need not query the store on
         # every request. Every change to a key or user in this process empties it; the short
         # lifetime bounds what another server process sharing the database could change.
@@ -93,6 +97,25 @@ class AccountService:
         logger.info("created first admin user %s with one API key", username)
         return FirstAdmin(username=username, password=None if password else chosen_password,
                           api_key=None if api_key else key)
+
+    def sign_in(self, username: str, password: str, address: str | None, channel: str = "api") -> str:
+        """Sign in through the rate limits, write the audit event, and return a personal token.
+
+        ``channel`` names where the sign-in came from (``api`` or ``console``) in the audit trail.
+        """
+        target = username if channel == "api" else f"{username} ({channel})"
+        self.sign_in_limits.check(username, address)
+        try:
+            token = self.login(username, password)
+        except AuthenticationFailed as exc:
+            self.sign_in_limits.failed(username, address)
+            audit.record(self.database, Actor(name=username[:64]), "auth.sign_in", target, "denied", 401,
+                         exc.message, address)
+            raise
+        user = self.get_user(username)
+        audit.record(self.database, Actor(name=user.username, user_id=user.id), "auth.sign_in", target, "success",
+                     200, None, address)
+        return token
 
     def login(self, username: str, password: str) -> str:
         """Check a username and password and return a new personal access token."""

@@ -55,11 +55,3 @@ async def record_request(request: Request, path_template: str, status_code: int)
     address = request.client.host if request.client else None
     await run_in_threadpool(audit.record, request.app.state.services.database, actor, action, f"{target} (console)",
                             outcome, status_code, getattr(request.state, "audit_detail", None), address)
-
-
-async def record_sign_in(request: Request, username: str, user_id: int | None, outcome: str, status_code: int,
-                         detail: str | None) -> None:
-    actor = Actor(name=username[:64], user_id=user_id)
-    address = request.client.host if request.client else None
-    await run_in_threadpool(audit.record, request.app.state.services.database, actor, "auth.sign_in",
-                            f"{username} (console)", outcome, status_code, detail, address)

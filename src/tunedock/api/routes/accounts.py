@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter, Query, Request
 
 from tunedock.accounts import audit
-from tunedock.accounts.audit import Actor, AuditFilter
+from tunedock.accounts.audit import AuditFilter
 from tunedock.api.dependencies import AdminDep, ReaderDep, ServicesDep, WriterDep
 from tunedock.api.schemas import (
     ApiKeyCreate,
@@ -24,7 +24,7 @@ from tunedock.api.schemas import (
     UserPublic,
     UserUpdate,
 )
-from tunedock.errors import AuthenticationFailed, PermissionDenied
+from tunedock.errors import PermissionDenied
 
 router = APIRouter(tags=["accounts"])
 
@@ -33,17 +33,7 @@ router = APIRouter(tags=["accounts"])
 def login(body: LoginRequest, request: Request, services: ServicesDep) -> TokenPublic:
     """Exchange a username and password for a personal access token (a Bearer token)."""
     address = request.client.host if request.client else None
-    services.sign_in_limits.check(body.username, address)
-    try:
-        token = services.accounts.login(body.username, body.password)
-    except AuthenticationFailed as exc:
-        services.sign_in_limits.failed(body.username, address)
-        audit.record(services.database, Actor(name=body.username[:64]), "auth.sign_in", body.username, "denied",
-                     401, exc.message, address)
-        raise
-    user = services.accounts.get_user(body.username)
-    audit.record(services.database, Actor(name=user.username, user_id=user.id), "auth.sign_in", user.username,
-                 "success", 200, None, address)
+    token = services.accounts.sign_in(body.username, body.password, address)
     return TokenPublic(token=token)
 
 

@@ -10,7 +10,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
 from tunedock.errors import AuthenticationFailed, RateLimited
-from tunedock.web.audit import record_sign_in
 from tunedock.web.dependencies import CheckedSessionDep, ServicesDep, form_values
 from tunedock.web.api_keys import end_sign_in
 from tunedock.web.routing import ConsoleRoute
@@ -66,16 +65,10 @@ async def sign_in(request: Request, services: ServicesDep,
     # The same limits and audit events as POST /api/auth/login.
     address = request.client.host if request.client else None
     try:
-        services.sign_in_limits.check(username, address)
-        token = await run_in_threadpool(services.accounts.login, username, values.get("password", ""))
-    except RateLimited as exc:
+        token = await run_in_threadpool(services.accounts.sign_in, username, values.get("password", ""), address,
+                                        "console")
+    except (RateLimited, AuthenticationFailed) as exc:
         return _sign_in_form(request, next_path, username, exc.message, status_code=exc.status_code)
-    except AuthenticationFailed as exc:
-        services.sign_in_limits.failed(username, address)
-        await record_sign_in(request, username, None, "denied", exc.status_code, exc.message)
-        return _sign_in_form(request, next_path, username, exc.message, status_code=exc.status_code)
-    user = await run_in_threadpool(services.accounts.get_user, username)
-    await record_sign_in(request, user.username, user.id, "success", 303, None)
     response = RedirectResponse(next_path, status_code=303)
     set_session_cookie(request, response, token)
     return response
