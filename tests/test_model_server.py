@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,9 @@ from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoToken
 
 import tunedock
 from tunedock.runtime.app import ServerSettings, create_app
-from tunedock.runtime.engines.base import (ChatMessage, Embeddings, Engine, Generation, GenerationParams,
-                                           ModelFormat)
+from tunedock.runtime.engines.base import (ChatMessage, Embeddings, Engine, GenerationParams, ModelFormat,
+                                           PreparedGeneration)
+from tunedock.runtime.engines.streams import GenerationStream
 from tunedock.runtime.generation_defaults import GenerationDefaults
 
 pytestmark = pytest.mark.e2e
@@ -537,8 +539,10 @@ def test_openai_client_raises_bad_request(tiny_gpt2: ModelServer) -> None:
 
 USER_MESSAGE = [{"role": "user", "content": "hi"}]
 REJECTED_REQUESTS = [
-    ("tiny-gpt2", "/v1/completions", {"prompt": "hi", "stream": True}, "stream"),
-    ("tiny-gpt2", "/v1/chat/completions", {"messages": USER_MESSAGE, "stream": True}, "stream"),
+    ("tiny-gpt2", "/v1/completions", {"prompt": "hi", "stream": "yes"}, "stream"),
+    ("tiny-gpt2", "/v1/completions", {"prompt": "hi", "stream_options": {"include_usage": True}}, "stream_options"),
+    ("tiny-gpt2", "/v1/chat/completions", {"messages": USER_MESSAGE, "stream": True, "stream_options": []},
+     "stream_options"),
     ("tiny-gpt2", "/v1/completions", {"prompt": "hi", "n": 2}, "n"),
     ("tiny-gpt2", "/v1/completions", {"prompt": "hi", "logprobs": 1}, "logprobs"),
     ("tiny-gpt2", "/v1/chat/completions", {"messages": USER_MESSAGE, "logprobs": True}, "logprobs"),
@@ -666,14 +670,26 @@ class FailingEngine(Engine):
     def load(self, model_path: Path, model_format: ModelFormat, device: str) -> None:
         pass
 
-    def complete(self, prompt: str, params: GenerationParams) -> Generation:
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def prepare_completion(self, prompt: str, params: GenerationParams) -> PreparedGeneration:
+        return PreparedGeneration(prompt_ids=(1, 2), params=params, max_new_tokens=params.max_tokens)
+
+    def prepare_chat(self, messages: Sequence[ChatMessage], params: GenerationParams) -> PreparedGeneration:
         raise RuntimeError("secret internal detail")
 
-    def chat(self, messages: Sequence[ChatMessage], params: GenerationParams) -> Generation:
+    def submit(self, prepared: PreparedGeneration, stream: GenerationStream) -> None:
+        stream.fail(RuntimeError("secret internal detail"))
+
+    def embed(self, inputs: Sequence[str]) -> Future[Embeddings]:
         raise RuntimeError("secret internal detail")
 
-    def embed(self, inputs: Sequence[str]) -> Embeddings:
-        raise RuntimeError("secret internal detail")
+    def stats(self) -> dict[str, Any]:
+        return {}
 
 
 def test_unexpected_error_returns_fixed_500(caplog: pytest.LogCaptureFixture) -> None:

@@ -50,7 +50,7 @@ def build_services(settings: Settings) -> Services:
         accounts=AccountService(database, SignInLimiter(settings.sign_in_attempts, settings.sign_in_window)),
         registry=ModelRegistry(database, settings.allowed_model_roots),
         deployments=DeploymentManager(database, backend, routing, settings.replica_logs_dir,
-                                      supervision_policy(settings), outbox),
+                                      supervision_policy(settings), outbox, settings.home_dir / "weights"),
         routing=routing,
         replica_token=replica_token,
         notifications=OutboxWorker(database, settings, mail_transport_from_settings(settings),

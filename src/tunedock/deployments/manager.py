@@ -20,6 +20,7 @@ from tunedock.accounts import audit
 from tunedock.accounts.audit import SYSTEM_ACTOR
 from tunedock.accounts.identity import SYSTEM, Principal
 from tunedock.catalog.fingerprint import directory_hash
+from tunedock.conversion import prepare_weights
 from tunedock.deployments import records
 from tunedock.deployments.hardware import cuda_device_count
 from tunedock.deployments.parameters import (
@@ -65,8 +66,11 @@ class Serving:
 
 class DeploymentManager:
     def __init__(self, database: Database, backend: ReplicaBackend, routing: RoutingTable,
-                 logs_dir: Path, policy: SupervisionPolicy | None = None, outbox: Outbox | None = None) -> None:
+                 logs_dir: Path, policy: SupervisionPolicy | None = None, outbox: Outbox | None = None,
+                 weights_dir: Path | None = None) -> None:
         self.database = database
+        self.weights_dir = weights_dir or logs_dir / "weights"
+        self._weights: dict[int, str] = {}  # deployment id -> directory its replicas load
         self.outbox = outbox
         self.backend = backend
         self.routing = routing
@@ -164,7 +168,7 @@ class DeploymentManager:
 
     def _target(self, model: Model) -> DeployTarget:
         return DeployTarget(model_name=model.name, context_length=model.context_length,
-                            cuda_devices=cuda_device_count())
+                            cuda_devices=cuda_device_count(), model_format=model.format)
 
     # Deploy ------------------------------------------------------------------------------
 
@@ -196,10 +200,26 @@ class DeploymentManager:
         files_hash = await asyncio.to_thread(directory_hash, model.source_path)
         await asyncio.to_thread(records.set_files_hash, self.database, deployment.id, files_hash)
         await self._event(job.id, "weights_ready", f"Model files {files_hash[:23]}...")
+        await self._prepare_weights(job.id, deployment.id, model, parameters)
         started = await self._start_replicas(job.id, deployment, model, parameters)
         await self._switch_traffic(job.id, deployment, model, parameters, started)
         await asyncio.to_thread(records.finish_job, self.database, job.id)
         logger.info("deployment %s (%s) is live", deployment.id, deployment.name)
+
+    async def _prepare_weights(self, job_id: int | None, deployment_id: int, model: Model,
+                               parameters: DeploymentParameters) -> None:
+        """Convert the weights for the engine when it needs that (cached), and remember where they are."""
+        optimization = parameters.optimization
+        loop = asyncio.get_running_loop()
+
+        def progress(message: str) -> None:
+            if job_id is not None:
+                asyncio.run_coroutine_threadsafe(self._event(job_id, "preparing_weights", message), loop).result()
+
+        weights = await asyncio.to_thread(prepare_weights, model.source_path, model.format, optimization.engine,
+                                          optimization.quantization, self.weights_dir, progress,
+                                          parameters.hardware.device)
+        self._weights[deployment_id] = str(weights)
 
     async def _start_replicas(self, job_id: int, deployment: Deployment, model: Model,
                               parameters: DeploymentParameters) -> list[ReplicaTarget]:
@@ -235,12 +255,14 @@ class DeploymentManager:
                       index: int) -> ReplicaSpec:
         log_name = f"deployment-{deployment.id}-replica-{index}.log"
         return ReplicaSpec(
-            deployment_id=deployment.id, replica_index=index, model_path=model.source_path,
+            deployment_id=deployment.id, replica_index=index,
+            model_path=self._weights.get(deployment.id, model.source_path),
             model_format=model.format, served_model=model.slug,
             engine=parameters.optimization.engine, device=parameters.hardware.device,
             threads=parameters.hardware.threads,
             generation_defaults=parameters.generation.model_dump(mode="json"),
-            log_path=self.logs_dir / log_name,
+            log_path=self.logs_dir / log_name, max_batch_size=parameters.scaling.max_batch_size,
+            quantization=parameters.optimization.quantization,
         )
 
     async def _switch_traffic(self, job_id: int, deployment: Deployment, model: Model,
@@ -298,6 +320,7 @@ class DeploymentManager:
             await self._drain(serving.route)
             for target in list(serving.route.targets):
                 await self._stop_target(target)
+        self._weights.pop(deployment_id, None)
         await asyncio.to_thread(records.mark_undeployed, self.database, deployment_id, self.outbox)
 
     async def _drain(self, route: Route) -> None:
@@ -488,6 +511,8 @@ class DeploymentManager:
             logger.info("adopted replica pid %s of deployment %s", replica.pid, deployment.name)
             adopted.append(ReplicaTarget(replica=replica, replica_id=row.id, index=row.index))
         self._starting[deployment.id] = adopted
+        if len(adopted) < parameters.scaling.min_replicas:
+            await self._prepare_weights(None, deployment.id, model, parameters)
         taken = {target.index for target in adopted}
         free_indexes = (index for index in range(10_000) if index not in taken)
         while len(adopted) < parameters.scaling.min_replicas:

@@ -15,12 +15,17 @@ from tunedock.errors import InvalidParameters
 
 ENGINES = ("transformers", "ctranslate2", "vllm")
 # Engines that this build can run; the others are accepted names that fail validation.
-AVAILABLE_ENGINES = ("transformers",)
+AVAILABLE_ENGINES = ("transformers", "ctranslate2")
 MAX_STOP_SEQUENCES = 4
-QUANTIZATIONS = ("none", "int8", "int8_float16", "float16", "bfloat16", "awq", "gptq")
+QUANTIZATIONS = ("none", "int8", "int8_float32", "int16", "float32", "int8_float16", "float16", "bfloat16", "awq",
+                 "gptq")
 # What each available engine runs, by device type: its weights are never changed silently.
+# ctranslate2 "none" keeps the stored precision. Not every CPU or GPU runs every type
+# (int16 or bfloat16, say), so the conversion at deploy time checks this machine again.
 SUPPORTED_QUANTIZATION: dict[str, dict[str, tuple[str, ...]]] = {
     "transformers": {"cpu": ("none",), "cuda": ("none",)},
+    "ctranslate2": {"cpu": ("none", "int8", "int8_float32", "int16", "float32"),
+                    "cuda": ("none", "int8", "int8_float32", "int8_float16", "float16", "bfloat16", "float32")},
 }
 
 
@@ -71,8 +76,10 @@ class Hardware(_Section):
 
 class Optimization(_Section):
     engine: Literal["transformers", "ctranslate2", "vllm"] = "transformers"
-    quantization: Literal["none", "int8", "int8_float16", "float16", "bfloat16", "awq", "gptq"] = Field(
-        default="none", description="Quantization of the weights; `none` runs them as stored."
+    quantization: Literal["none", "int8", "int8_float32", "int16", "float32", "int8_float16", "float16", "bfloat16",
+                          "awq", "gptq"] = Field(
+        default="none", description="Quantization of the weights; `none` runs them as stored. The ctranslate2 "
+        "engine converts them at deploy time."
     )
 
     @field_validator("engine")
@@ -99,6 +106,7 @@ class DeployTarget:
     model_name: str
     context_length: int | None
     cuda_devices: int
+    model_format: str = ""
 
 
 def resolve_defaults(parameters: DeploymentParameters, target: DeployTarget) -> DeploymentParameters:
@@ -129,6 +137,9 @@ def check_deployable(parameters: DeploymentParameters, target: DeployTarget) -> 
                 f"is not available: this machine has {target.cuda_devices} CUDA device(s); use 'cpu'"
                 + (f" or 'cuda:0' to 'cuda:{target.cuda_devices - 1}'" if target.cuda_devices else "")))
     engine = parameters.optimization.engine
+    if engine == "ctranslate2" and target.model_format == "embedding":
+        problems.append(_problem("optimization.engine", engine,
+                                 "does not run embedding models; use 'transformers'"))
     supported = SUPPORTED_QUANTIZATION.get(engine, {}).get(device_type, ())
     quantization = parameters.optimization.quantization
     if quantization not in supported:

@@ -110,7 +110,8 @@ class Gateway:
             finally:
                 target.outstanding -= 1
             self._finish(call, status, content if status == 200 else b"")
-            return Response(content, status_code=status, media_type=media_type)
+            headers = {"Retry-After": call.retry_after} if call.retry_after else None
+            return Response(content, status_code=status, media_type=media_type, headers=headers)
         self._finish(call, 502)
         raise ReplicaError(f"No replica of {call.route.deployment_name} accepted the connection; "
                            "retry shortly.") from last_error
@@ -137,6 +138,7 @@ class Gateway:
         async with self._http.post(f"{target.replica.url}/v1/{call.route_name}", data=call.body,
                                    headers=self._replica_headers) as reply:
             content = await reply.read()
+            call.retry_after = reply.headers.get("Retry-After")
             return reply.status, content, reply.headers.get("Content-Type", "application/json")
 
     async def _stream(self, call: _Call) -> Response:
@@ -162,10 +164,12 @@ class Gateway:
                                    "retry the request.") from exc
             if reply.status != 200 or not reply.content_type.startswith("text/event-stream"):
                 content = await reply.read()
+                retry_after = reply.headers.get("Retry-After")
                 reply.release()
                 target.outstanding -= 1
                 self._finish(call, reply.status)
-                return Response(content, status_code=reply.status, media_type=reply.content_type)
+                return Response(content, status_code=reply.status, media_type=reply.content_type,
+                                headers={"Retry-After": retry_after} if retry_after else None)
             return StreamingResponse(self._relay(call, target, reply), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self._finish(call, 502)
@@ -215,6 +219,7 @@ class _Call:
     key_prefix: str
     started: float
     stream: bool
+    retry_after: str | None = None
 
 
 async def _wait_for_disconnect(request: Request) -> None:

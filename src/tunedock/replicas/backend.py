@@ -22,6 +22,8 @@ class ReplicaSpec:
     threads: int | None
     generation_defaults: dict[str, Any]
     log_path: Path
+    max_batch_size: int = 8
+    quantization: str = "none"
 
 
 @dataclass

@@ -70,6 +70,8 @@ class LocalProcessBackend:
             "--device", spec.device,
             "--served-model", spec.served_model,
             "--generation-defaults", json.dumps(spec.generation_defaults),
+            "--max-batch-size", str(spec.max_batch_size),
+            "--quantization", spec.quantization,
         ]
         if spec.threads is not None:
             command += ["--threads", str(spec.threads)]

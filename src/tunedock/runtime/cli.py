@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from tunedock.runtime.engines.base import Engine, ModelFormat, ModelLoadFailed, describe_exception
+from tunedock.runtime.engines.batching_engine import (DEFAULT_BATCH_WAIT_SECONDS, DEFAULT_MAX_BATCH_SIZE,
+                                                      DEFAULT_MAX_QUEUE_SIZE, BatchingOptions)
 from tunedock.runtime.generation_defaults import (parse_generation_defaults, read_model_generation_defaults,
                                                    resolve_generation_defaults)
 
@@ -36,18 +38,22 @@ EXIT_LOAD_FAILED = 3
 EXIT_START_FAILED = 4
 EXIT_INTERRUPTED = 130
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+GIL_SWITCH_INTERVAL_SECONDS = 0.001
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the model server; return the exit status (see the module docstring)."""
     args = _build_parser().parse_args(argv)
     _configure_environment(args.threads)
+    # The engine thread needs the GIL once per generated token, and the event loop thread
+    # keeps it for up to the switch interval (5 ms by default) while it sends responses.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     model_path = Path(args.model_path).resolve()
     try:
-        engine = _load_engine(args.engine, model_path, ModelFormat(args.format), args.device, args.threads)
+        engine = _load_engine(args, model_path)
     except ModelLoadFailed as error:
         logger.error("Loading the model failed", exc_info=error.__cause__ is not None)
         return _fail(EXIT_LOAD_FAILED, f"model load failed: {error.message}")
@@ -71,16 +77,24 @@ def _serve(engine: Engine, model_path: Path, args: argparse.Namespace) -> int:
     try:
         sock = bind_listening_socket(args.host)
         port = sock.getsockname()[1]
-        write_port_file(Path(args.port_file), port)
     except OSError as error:
         return _fail(EXIT_START_FAILED, f"model server failed to start: {error}")
 
+    engine.start()
+    try:
+        # The port file appears only once the engine runs, so a ready replica serves requests at once.
+        write_port_file(Path(args.port_file), port)
+    except OSError as error:
+        engine.stop()
+        return _fail(EXIT_START_FAILED, f"model server failed to start: {error}")
     logger.info("Serving %s on http://%s:%d", settings.served_model, args.host, port)
     try:
         serve(app, sock, args.log_level)
     except KeyboardInterrupt:
         # uvicorn re-raises SIGINT after its graceful shutdown, which Python turns into this.
         return EXIT_INTERRUPTED
+    finally:
+        engine.stop()
     return 0
 
 
@@ -94,10 +108,23 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port-file", required=True,
                         help="File to write the listening port to once the model is loaded.")
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: %(default)s).")
-    parser.add_argument("--engine", default="transformers", help="Inference engine (default: %(default)s).")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:<index> (default: cpu).")
+    parser.add_argument("--engine", default="transformers", help="Inference engine: transformers or "
+                                                                  "ctranslate2 (default: %(default)s).")
+    parser.add_argument("--quantization", help="ctranslate2 compute type, such as int8 or float32 (default: the "
+                                               "type the weights were converted to); the transformers engine "
+                                               "accepts only 'none'.")
+    parser.add_argument("--device", default="cpu", help="Device: cpu, cuda or cuda:<index> (default: cpu).")
     parser.add_argument("--threads", type=_positive_int,
-                        help="CPU threads for torch operations (default: torch's choice).")
+                        help="CPU threads for model operations (default: the engine's choice).")
+    parser.add_argument("--max-batch-size", type=_positive_int, default=DEFAULT_MAX_BATCH_SIZE,
+                        help="Sequences processed together: rows decoded in one step, or embedding inputs "
+                             "in one forward pass (default: %(default)s).")
+    parser.add_argument("--max-queue-size", type=_positive_int, default=DEFAULT_MAX_QUEUE_SIZE,
+                        help="Requests that may wait for a place in the batch; more get 429 with "
+                             "Retry-After (default: %(default)s).")
+    parser.add_argument("--batch-wait-ms", type=_non_negative_float, default=DEFAULT_BATCH_WAIT_SECONDS * 1000,
+                        help="Milliseconds an idle engine waits after a request for others to batch "
+                             "with (default: %(default)s).")
     parser.add_argument("--generation-defaults", type=_generation_defaults, default={}, metavar="JSON",
                         help="JSON object with any of temperature, max_tokens, top_p, top_k and stop, "
                              "used when a request leaves them unset; they take precedence over the "
@@ -121,15 +148,17 @@ def _configure_environment(threads: int | None) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
-def _load_engine(engine_name: str, model_path: Path, model_format: ModelFormat, device: str,
-                 threads: int | None) -> Engine:
+def _load_engine(args: argparse.Namespace, model_path: Path) -> Engine:
     from tunedock.runtime.engines import create_engine
 
     started = time.perf_counter()
-    engine = create_engine(engine_name, threads=threads)
-    engine.load(model_path, model_format, device)
+    options = BatchingOptions(max_batch_size=args.max_batch_size, max_queue_size=args.max_queue_size,
+                              batch_wait_seconds=args.batch_wait_ms / 1000)
+    engine = create_engine(args.engine, options, threads=args.threads, compute_type=args.quantization)
+    model_format = ModelFormat(args.format)
+    engine.load(model_path, model_format, args.device)
     logger.info("Loaded the %s model from %s with the %s engine in %.2f s",
-                model_format, model_path, engine_name, time.perf_counter() - started)
+                model_format, model_path, args.engine, time.perf_counter() - started)
     return engine
 
 
@@ -148,6 +177,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 

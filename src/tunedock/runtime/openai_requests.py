@@ -1,7 +1,7 @@
 """Parsing and validation of OpenAI request bodies into engine inputs.
 
 Fields the model server does not implement yet are rejected with a 400 that names
-them, unless they carry their neutral value (``n: 1``, ``stream: false``, ...), so a
+them, unless they carry their neutral value (``n: 1``, ``logprobs: false``, ...), so a
 client never gets a response that silently ignored part of its request. Unknown
 fields are rejected as the OpenAI API does. ``user`` is accepted and has no effect.
 """
@@ -37,7 +37,16 @@ CHAT_FIELDS = _GENERATION_FIELDS | {
     "messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice", "functions",
     "function_call", "parallel_tool_calls", "response_format",
 }
+STREAM_OPTION_FIELDS = frozenset({"include_usage"})
 EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """``stream`` and ``stream_options.include_usage`` of a generation request."""
+
+    stream: bool = False
+    include_usage: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +54,7 @@ class CompletionRequest:
     model: str | None
     prompt: str
     params: GenerationParams
+    streaming: StreamOptions = StreamOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +62,7 @@ class ChatRequest:
     model: str | None
     messages: tuple[ChatMessage, ...]
     params: GenerationParams
+    streaming: StreamOptions = StreamOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +82,8 @@ def parse_completion_request(body: Mapping[str, Any], defaults: GenerationDefaul
     reject_unsupported(body, "suffix", ("",), "inserting text before a suffix is not implemented")
     prompt = _read_prompt(body)
     params = _read_generation_params(body, defaults, read_integer(body, "max_tokens", 1))
-    return CompletionRequest(model=_read_model(body), prompt=prompt, params=params)
+    return CompletionRequest(model=_read_model(body), prompt=prompt, params=params,
+                             streaming=_read_stream_options(body))
 
 
 def parse_chat_request(body: Mapping[str, Any], defaults: GenerationDefaults) -> ChatRequest:
@@ -88,7 +100,8 @@ def parse_chat_request(body: Mapping[str, Any], defaults: GenerationDefaults) ->
     reject_unsupported(body, "response_format", ({"type": "text"},), "only plain text responses are produced")
     messages = _read_messages(body)
     params = _read_generation_params(body, defaults, _read_chat_max_tokens(body))
-    return ChatRequest(model=_read_model(body), messages=messages, params=params)
+    return ChatRequest(model=_read_model(body), messages=messages, params=params,
+                       streaming=_read_stream_options(body))
 
 
 def parse_embedding_request(body: Mapping[str, Any]) -> EmbeddingRequest:
@@ -104,12 +117,31 @@ def parse_embedding_request(body: Mapping[str, Any]) -> EmbeddingRequest:
 
 
 def _reject_unsupported_generation_fields(body: Mapping[str, Any]) -> None:
-    reject_unsupported(body, "stream", (False,), "streaming responses are not implemented yet")
-    reject_unsupported(body, "stream_options", (), "streaming responses are not implemented yet")
     reject_unsupported(body, "n", (1,), "only one choice is generated per request")
     for name in ("presence_penalty", "frequency_penalty"):
         reject_unsupported(body, name, (0, 0.0), "repetition penalties are not implemented yet")
     reject_unsupported(body, "logit_bias", ({},), "logit_bias is not implemented yet")
+
+
+def _read_stream_options(body: Mapping[str, Any]) -> StreamOptions:
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidInput(f"stream must be true or false, got {stream!r}.", param="stream", code="invalid_type")
+    options = body.get("stream_options")
+    if options is None:
+        return StreamOptions(stream=bool(stream))
+    if not stream:
+        raise InvalidInput("stream_options is only allowed when stream is true; remove it or set stream to true.",
+                           param="stream_options", code="invalid_value")
+    if not isinstance(options, dict):
+        raise InvalidInput("stream_options must be an object such as {\"include_usage\": true}.",
+                           param="stream_options", code="invalid_type")
+    reject_unknown_fields(options, STREAM_OPTION_FIELDS)
+    include_usage = options.get("include_usage")
+    if include_usage is not None and not isinstance(include_usage, bool):
+        raise InvalidInput(f"stream_options.include_usage must be true or false, got {include_usage!r}.",
+                           param="stream_options.include_usage", code="invalid_type")
+    return StreamOptions(stream=True, include_usage=bool(include_usage))
 
 
 def _read_generation_params(body: Mapping[str, Any], defaults: GenerationDefaults,

@@ -1,17 +1,30 @@
-"""Response bodies in the shapes of the OpenAI API, as plain dicts ready for orjson."""
+"""Response bodies in the shapes of the OpenAI API, as plain dicts ready for orjson.
+
+Streamed responses are server-sent events: one ``data: <JSON chunk>`` line per event
+and a blank line after it, then ``data: [DONE]``. Every chunk of a stream has the same
+``id`` and ``created``; ``finish_reason`` is null on every chunk but the last one of the
+choice. With ``stream_options.include_usage`` each chunk carries ``"usage": null`` and
+one more chunk with empty ``choices`` and the usage comes before ``[DONE]``. An error
+after the stream started is sent as one event with an ``error`` object, and the stream
+ends without ``[DONE]``.
+"""
 
 from __future__ import annotations
 
 import base64
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import orjson
 
 from tunedock.errors import TunedockError
 from tunedock.runtime.engines.base import Embeddings, Generation
+from tunedock.runtime.engines.streams import GenerationFinished
 from tunedock.runtime.openai_requests import EncodingFormat
+
+SSE_DONE = b"data: [DONE]\n\n"
 
 INTERNAL_ERROR_MESSAGE = "Internal error in the model server"
 
@@ -41,16 +54,69 @@ def embedding_body(embeddings: Embeddings, model: str, encoding_format: Encoding
 
 
 def error_body(error: TunedockError) -> dict[str, Any]:
-    """Build the OpenAI error body; 5xx errors get a fixed message, never the exception's text."""
-    if error.status_code >= 500:
+    """Build the OpenAI error body; 5xx errors get a fixed message, never the exception's text.
+
+    503 from a model server that is shutting down is the exception: its message is fixed text.
+    """
+    if error.status_code >= 500 and error.status_code != 503:
         return server_error_body()
-    return {"error": {"message": error.message, "type": "invalid_request_error",
-                      "param": error.param, "code": error.code}}
+    error_type = {429: "rate_limit_error", 503: "server_error"}.get(error.status_code, "invalid_request_error")
+    return {"error": {"message": error.message, "type": error_type, "param": error.param, "code": error.code}}
 
 
 def server_error_body() -> dict[str, Any]:
     return {"error": {"message": INTERNAL_ERROR_MESSAGE, "type": "server_error",
                       "param": None, "code": "internal_error"}}
+
+
+class ChunkWriter:
+    """Chunks of one streamed completion (``completion``) or chat completion (``chat``)."""
+
+    def __init__(self, kind: Literal["completion", "chat"], model: str, include_usage: bool) -> None:
+        self._kind = kind
+        self._include_usage = include_usage
+        prefix, object_type = ("chatcmpl", "chat.completion.chunk") if kind == "chat" else ("cmpl", "text_completion")
+        self._base = {"id": f"{prefix}-{uuid.uuid4().hex}", "object": object_type, "created": int(time.time()),
+                      "model": model}
+
+    def opening(self) -> list[dict[str, Any]]:
+        """Chunks sent before any text: the chat API announces the assistant's role first."""
+        if self._kind == "chat":
+            return [self._chunk({"role": "assistant", "content": ""}, None)]
+        return []
+
+    def text(self, text: str) -> dict[str, Any]:
+        return self._chunk({"content": text} if self._kind == "chat" else text, None)
+
+    def closing(self, finished: GenerationFinished) -> list[dict[str, Any]]:
+        """The last chunk of the choice, with its finish_reason, then the usage chunk when requested."""
+        chunks = [self._chunk({} if self._kind == "chat" else "", finished.finish_reason)]
+        if self._include_usage:
+            chunks.append({**self._base, "choices": [], "usage": _usage(finished.prompt_tokens,
+                                                                         finished.completion_tokens)})
+        return chunks
+
+    def _chunk(self, content: Any, finish_reason: str | None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0}
+        if self._kind == "chat":
+            choice["delta"] = content
+        else:
+            choice["text"] = content
+        choice.update(logprobs=None, finish_reason=finish_reason)
+        chunk = {**self._base, "choices": [choice]}
+        if self._include_usage:
+            chunk["usage"] = None
+        return chunk
+
+
+def sse_event(payload: dict[str, Any]) -> bytes:
+    """Encode one server-sent event holding ``payload`` as JSON."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 def _generation_body(id_prefix: str, object_type: str, model: str, choice: dict[str, Any],
@@ -61,11 +127,7 @@ def _generation_body(id_prefix: str, object_type: str, model: str, choice: dict[
         "created": int(time.time()),
         "model": model,
         "choices": [choice],
-        "usage": {
-            "prompt_tokens": generation.prompt_tokens,
-            "completion_tokens": generation.completion_tokens,
-            "total_tokens": generation.prompt_tokens + generation.completion_tokens,
-        },
+        "usage": _usage(generation.prompt_tokens, generation.completion_tokens),
     }
 
 

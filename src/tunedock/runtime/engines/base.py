@@ -1,8 +1,13 @@
 """The engine interface of the model server, and the values that cross it.
 
-An engine owns one loaded model and runs the blocking model work: tokenization,
-generation and embedding. The HTTP layer validates requests, turns them into these
-values and calls the engine from a worker thread, one call at a time.
+An engine owns one loaded model and the threads that run it. The HTTP layer validates
+a request, asks the engine to prepare it (tokenization and length checks, which raise
+``InvalidInput``), then submits it and reads its text as it is generated from a
+``GenerationStream``. Embeddings come back as a future.
+
+Requests that arrive while the engine is busy wait in a bounded queue and are batched
+with the requests already running, up to the engine's maximum batch size. A full
+queue raises ``EngineOverloaded`` at submission, which the HTTP layer returns as 429.
 """
 
 from __future__ import annotations
@@ -10,15 +15,15 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 
 from tunedock.errors import TunedockError
-
-FinishReason = Literal["stop", "length"]
+from tunedock.runtime.engines.streams import FinishReason, GenerationStream
 
 _MAX_MESSAGE_CHARS = 400
 
@@ -39,6 +44,24 @@ class ModelLoadFailed(TunedockError):
     """The model server could not load its model; ``message`` is shown to people as is."""
 
     code = "model_load_failed"
+
+
+class EngineOverloaded(TunedockError):
+    """The engine's request queue is full; the client should retry after ``retry_after`` seconds."""
+
+    status_code = 429
+    code = "model_server_overloaded"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineStopped(TunedockError):
+    """The engine shut down before it finished a request."""
+
+    status_code = 503
+    code = "model_server_stopping"
 
 
 def describe_exception(error: BaseException) -> str:
@@ -79,6 +102,19 @@ class ChatMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedGeneration:
+    """A validated generation request: its prompt as token ids and its token budget."""
+
+    prompt_ids: tuple[int, ...]
+    params: GenerationParams
+    max_new_tokens: int
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+
+@dataclass(frozen=True, slots=True)
 class Generation:
     """Generated text with the token counts that the usage block reports."""
 
@@ -99,9 +135,12 @@ class Embeddings:
 class Engine(ABC):
     """One loaded model behind the OpenAI routes.
 
-    Methods other than ``load`` are not thread-safe: the caller serializes them.
-    ``complete``, ``chat`` and ``embed`` raise ``tunedock.errors.InvalidInput`` for
-    requests that do not fit the model, such as a prompt over the context length.
+    ``load`` and ``start`` are called once, in that order, before any request.
+    ``prepare_*``, ``submit`` and ``embed`` are thread-safe and return quickly: the
+    model work runs on the engine's own threads. ``prepare_*`` and ``embed`` raise
+    ``tunedock.errors.InvalidInput`` for requests that do not fit the model, such as a
+    prompt over the context length; ``submit`` and ``embed`` raise ``EngineOverloaded``
+    when the request queue is full.
     """
 
     @property
@@ -114,13 +153,29 @@ class Engine(ABC):
         """Load the model and tokenizer, or raise ModelLoadFailed saying what and why."""
 
     @abstractmethod
-    def complete(self, prompt: str, params: GenerationParams) -> Generation:
-        """Generate a continuation of ``prompt`` (causal) or an output for it as the encoder input (seq2seq)."""
+    def start(self) -> None:
+        """Start the threads that run the model."""
 
     @abstractmethod
-    def chat(self, messages: Sequence[ChatMessage], params: GenerationParams) -> Generation:
-        """Render ``messages`` into a prompt and generate the assistant's reply."""
+    def stop(self) -> None:
+        """Stop the model threads; requests still queued or running fail with EngineStopped."""
 
     @abstractmethod
-    def embed(self, inputs: Sequence[str]) -> Embeddings:
-        """Embed each input as the model's sentence-transformers files declare."""
+    def prepare_completion(self, prompt: str, params: GenerationParams) -> PreparedGeneration:
+        """Tokenize ``prompt`` (a causal model's prefix or a seq2seq model's encoder input) and check its length."""
+
+    @abstractmethod
+    def prepare_chat(self, messages: Sequence[ChatMessage], params: GenerationParams) -> PreparedGeneration:
+        """Render ``messages`` with the model's chat template, tokenize them and check the length."""
+
+    @abstractmethod
+    def submit(self, prepared: PreparedGeneration, stream: GenerationStream) -> None:
+        """Queue ``prepared``; its text and its end arrive on ``stream``."""
+
+    @abstractmethod
+    def embed(self, inputs: Sequence[str]) -> Future[Embeddings]:
+        """Queue ``inputs`` for embedding as the model's sentence-transformers files declare."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Return counters of the engine's work: queued and running requests, decoding steps, outcomes."""

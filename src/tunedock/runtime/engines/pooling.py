@@ -6,6 +6,9 @@ optionally a Normalize module (L2 normalization). This module reads those files 
 applies the same pooling to the Transformer's last hidden state, without depending on
 the sentence-transformers package. A directory without ``modules.json`` gets mean
 pooling and no normalization.
+
+Pooling runs on numpy arrays, so every engine shares it, including the ctranslate2
+engine, which runs without torch.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from tunedock.runtime.engines.base import ModelLoadFailed
 
@@ -68,14 +71,17 @@ def read_pooling_config(model_path: Path) -> PoolingConfig:
     return PoolingConfig(modes=modes, normalize=normalize, max_seq_length=max_seq_length)
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, config: PoolingConfig) -> torch.Tensor:
-    """Pool ``hidden`` (batch, tokens, dim) into (batch, dim x modes), then normalize if declared."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+def pool(hidden: np.ndarray, attention_mask: np.ndarray, config: PoolingConfig) -> np.ndarray:
+    """Pool ``hidden`` (batch, tokens, dim) into float32 (batch, dim x modes), then normalize if declared."""
+    hidden = hidden.astype(np.float32, copy=False)
+    mask = attention_mask[:, :, None].astype(np.float32)
     parts = [_POOLERS[mode](hidden, mask) for mode in config.modes]
-    pooled = torch.cat(parts, dim=-1)
+    pooled = np.concatenate(parts, axis=-1)
     if config.normalize:
-        pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
-    return pooled
+        # torch.nn.functional.normalize's lower bound on the norm, as sentence-transformers uses it.
+        norms = np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+        pooled = pooled / norms
+    return pooled.astype(np.float32, copy=False)
 
 
 def _read_json(path: Path) -> Any:
@@ -118,27 +124,27 @@ def _read_pooling_modes(config_file: Path) -> tuple[str, ...]:
     return modes or ("mean",)
 
 
-def _pool_cls(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _pool_cls(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return hidden[:, 0]
 
 
-def _pool_max(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return hidden.masked_fill(mask == 0, _MAX_POOLING_PAD_VALUE).max(dim=1).values
+def _pool_max(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.where(mask == 0, _MAX_POOLING_PAD_VALUE, hidden).max(axis=1)
 
 
-def _pool_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+def _pool_mean(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
 
 
-def _pool_mean_sqrt_len(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9).sqrt()
+def _pool_mean_sqrt_len(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return (hidden * mask).sum(axis=1) / np.sqrt(np.maximum(mask.sum(axis=1), 1e-9))
 
 
-def _pool_last_token(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _pool_last_token(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     # The highest unmasked position works for left and right padding alike.
-    positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
-    last = (mask.squeeze(-1).long() * positions).argmax(dim=1)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    positions = np.arange(hidden.shape[1])[None, :]
+    last = (mask[:, :, 0].astype(np.int64) * positions).argmax(axis=1)
+    return hidden[np.arange(hidden.shape[0]), last]
 
 
 _POOLERS = {

@@ -1,47 +1,59 @@
-"""Stop sequences matched on decoded text, as the OpenAI API defines them."""
+"""Stop sequences matched on generated text, as the OpenAI API defines them.
+
+A stop string ends the generation wherever it appears in the generated text, even when
+it spans several tokens, and neither it nor anything after it is returned. While the
+end of the text could still grow into a stop string, that end is held back, and it is
+released as soon as the next text shows that it cannot. A client streaming the response
+therefore never sees a part of a stop string.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-from transformers import PreTrainedTokenizerBase, StoppingCriteria
 
-# Tokens decoded per stop-string character when checking the tail of a generation.
-# Byte-level BPE can spend up to 4 tokens on one UTF-8 character.
-_TOKENS_PER_CHAR = 4
-# Extra tokens decoded before the tail, so that a tokenizer that drops the leading
-# space of the first decoded token cannot cut the start of a stop string.
-_TAIL_MARGIN_TOKENS = 8
+class StopStringMatcher:
+    """Finds the first stop string in text that arrives piece by piece."""
 
-
-class StopStringCriteria(StoppingCriteria):
-    """Stops generation once the generated text contains one of the stop strings.
-
-    Only tokens after ``generated_from`` count, so a stop string inside the prompt
-    does not end the generation. Each step decodes only the tail of the generation
-    that could hold a newly completed stop string. Supports a batch of one.
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str],
-                 generated_from: int) -> None:
-        self._tokenizer = tokenizer
+    def __init__(self, stop: Sequence[str]) -> None:
         self._stop = tuple(stop)
-        self._generated_from = generated_from
-        longest = max(len(text) for text in self._stop)
-        self._tail_tokens = longest * _TOKENS_PER_CHAR + _TAIL_MARGIN_TOKENS
+        self._held = ""
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None,
-                 **kwargs: object) -> torch.BoolTensor:
-        start = max(self._generated_from, input_ids.shape[1] - self._tail_tokens)
-        tail = self._tokenizer.decode(input_ids[0, start:], skip_special_tokens=True)
-        found = any(text in tail for text in self._stop)
-        return torch.full((input_ids.shape[0],), found, dtype=torch.bool, device=input_ids.device)
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Add ``text``; return the text that is safe to release and whether a stop string was found.
+
+        After a stop string is found the caller must stop feeding: the text before the
+        stop string has been released and the rest is dropped.
+        """
+        if not self._stop:
+            return text, False
+        pending = self._held + text
+        stop_at = _first_stop_position(pending, self._stop)
+        if stop_at is not None:
+            self._held = ""
+            return pending[:stop_at], True
+
+        keep = _longest_stop_prefix_suffix(pending, self._stop)
+        self._held = pending[len(pending) - keep:] if keep else ""
+        return pending[:len(pending) - keep], False
+
+    def flush(self) -> str:
+        """Release the held-back text at the end of a generation that no stop string ended."""
+        held, self._held = self._held, ""
+        return held
 
 
-def cut_at_stop_string(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """Return the text before the earliest stop string, and whether one was found."""
-    positions = [index for index in (text.find(s) for s in stop) if index >= 0]
-    if not positions:
-        return text, False
-    return text[:min(positions)], True
+def _first_stop_position(text: str, stop: Sequence[str]) -> int | None:
+    positions = [index for index in (text.find(item) for item in stop) if index >= 0]
+    return min(positions) if positions else None
+
+
+def _longest_stop_prefix_suffix(text: str, stop: Sequence[str]) -> int:
+    """Return the length of the longest end of ``text`` that begins some stop string."""
+    longest = 0
+    for item in stop:
+        for length in range(min(len(item) - 1, len(text)), longest, -1):
+            if text.endswith(item[:length]):
+                longest = length
+                break
+    return longest
