@@ -222,3 +222,20 @@ def test_inference_never_deployed_is_503(client: TestClient, minilm: dict[str, o
 def test_inference_body_over_limit_is_413(client: TestClient) -> None:
     response = client.post("/v1/completions", content=b"x" * (9 * 1024 * 1024), headers=AUTH)
     assert response.status_code == 413
+
+
+def test_endpoint_fills_in_own_key(client: TestClient, minilm: dict[str, object]) -> None:
+    response = client.post("/api/models/minilm/endpoint", json={"api_key": ADMIN_KEY}, headers=AUTH)
+    assert f"Bearer {ADMIN_KEY}" in response.json()["snippets"]["curl"]
+
+
+def test_endpoint_refuses_another_users_key(client: TestClient, minilm: dict[str, object]) -> None:
+    client.post("/api/users", headers=AUTH, json={"username": "other", "email": "o@example.com",
+                                                  "password": "other-password-1", "role": "developer"})
+    issued = client.post("/api/keys", headers=AUTH, json={"name": "o", "scopes": ["inference"], "user": "other"})
+    response = client.post("/api/models/minilm/endpoint", json={"api_key": issued.json()["key"]}, headers=AUTH)
+    assert response.json()["error"]["code"] == "not_key_owner"
+
+
+def test_endpoint_snippets_use_placeholder_by_default(client: TestClient, minilm: dict[str, object]) -> None:
+    assert "$TUNEDOCK_API_KEY" in client.get("/api/models/minilm/endpoint", headers=AUTH).json()["snippets"]["curl"]

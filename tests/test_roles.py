@@ -24,6 +24,7 @@ LEAST_ROLE = {
     ("GET", "/api/models/{model}"): "viewer",
     ("DELETE", "/api/models/{model}"): "developer",
     ("GET", "/api/models/{model}/endpoint"): "viewer",
+    ("POST", "/api/models/{model}/endpoint"): "viewer",
     ("POST", "/api/models/{model}/deployments"): "developer",
     ("GET", "/api/models/{model}/deployments"): "viewer",
     ("GET", "/api/models/{model}/deployments/{version}"): "viewer",

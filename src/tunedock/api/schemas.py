@@ -272,6 +272,10 @@ class Snippets(BaseModel):
     javascript: str
 
 
+class SnippetKey(_Request):
+    api_key: str = Field(min_length=1, max_length=256, description="One of your API keys, written into the snippets.")
+
+
 class EndpointPublic(BaseModel):
     url: str
     model: str
