@@ -263,6 +263,9 @@ def endpoint(
         echo_json(found)
         return
     typer.echo(f"Endpoint: {found['url']}   model: {found['model']}   live: {found['live_deployment'] or 'none'}")
+    if found["live_deployment"] is None:
+        typer.echo(f"Model {found['model']} has no live deployment: these calls answer 503 until "
+                   f"`tunedock deploy {found['model']}` succeeds.")
     typer.echo("Set TUNEDOCK_API_KEY to an API key with the inference scope first.")
     for title, key in (("cURL", "curl"), ("Python", "python"), ("JavaScript", "javascript")):
         typer.echo(f"\n--- {title} ---\n{found['snippets'][key].rstrip()}")
