@@ -111,6 +111,7 @@ def test_error_body_shape(client: TestClient) -> None:
         ({"scaling": {"min_replicas": 3, "max_replicas": 2}}, "scaling.max_replicas"),
         ({"scaling": {"max_replicas": 51}}, "scaling.max_replicas"),
         ({"scaling": {"idle_undeploy_after": 0}}, "scaling.idle_undeploy_after"),
+        ({"scaling": {"idle_undeploy_after": 10}}, "scaling.idle_undeploy_after"),
         ({"generation": {"max_tokens": 100_000}}, "generation.max_tokens"),
         ({"hardware": {"device": "cuda:3"}}, "hardware.device"),
         ({"hardware": {"threads": 0}}, "hardware.threads"),

@@ -35,7 +35,7 @@ from tunedock.demo.registry import demo_models_root, minilm_model_path
 pytestmark = pytest.mark.e2e
 
 FAST_SUPERVISION = {"TUNEDOCK_SUPERVISE_INTERVAL": "0.3", "TUNEDOCK_CRASH_LIMIT": "3",
-                    "TUNEDOCK_CRASH_WINDOW": "120"}
+                    "TUNEDOCK_CRASH_WINDOW": "120", "TUNEDOCK_MIN_IDLE_UNDEPLOY_AFTER": "1"}
 WAIT_SECONDS = 90.0
 T5_PROMPT = {"prompt": "March 5, 2021", "max_tokens": 12, "temperature": 0}
 
@@ -123,6 +123,10 @@ def test_repeated_crashes_undeploy_by_system(crashing: dict[str, Any]) -> None:
 
 def test_crash_undeploy_reason_says_crashed(crashing: dict[str, Any]) -> None:
     assert crashing["undeployment"]["reason"].startswith("crashed:")
+
+
+def test_crash_reason_names_the_signal(crashing: dict[str, Any]) -> None:
+    assert "SIGKILL" in crashing["undeployment"]["reason"]
 
 
 def test_crash_undeploy_leaves_no_process(crashing: dict[str, Any]) -> None:

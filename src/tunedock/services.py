@@ -62,4 +62,5 @@ def build_services(settings: Settings) -> Services:
 def supervision_policy(settings: Settings) -> SupervisionPolicy:
     return SupervisionPolicy(interval=settings.supervise_interval, crash_limit=settings.crash_limit,
                              crash_window=settings.crash_window, drain_timeout=settings.drain_timeout,
-                             idle_warning_lead=settings.idle_warning_lead)
+                             idle_warning_lead=settings.idle_warning_lead,
+                             min_idle_undeploy_after=settings.min_idle_undeploy_after)

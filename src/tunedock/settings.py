@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     notify_poll_interval: float = Field(
         default=1.0, gt=0, description="Seconds between two looks at the notification outbox."
     )
+    min_idle_undeploy_after: float = Field(
+        default=60.0, ge=0, description="The shortest scaling.idle_undeploy_after, in seconds, that a deploy may set."
+    )
     idle_warning_lead: float = Field(
         default=600.0, gt=0, description="Seconds before an idle un-deploy that the warning email is sent "
         "(at most half the idle time)."

@@ -9,8 +9,14 @@ from collections import defaultdict, deque
 from tunedock.errors import RateLimited
 
 
+# Many people may share one address (an office, a proxy), so an address gets more failures
+# than one username before it is held back.
+ADDRESS_FACTOR = 4
+
+
 class SignInLimiter:
-    """Allows ``attempts`` failed sign-ins per key within ``window`` seconds.
+    """Allows ``attempts`` failed sign-ins per username, and four times as many per address,
+    within ``window`` seconds.
 
     Only failures count, so a user who signs in correctly is never slowed down, while
     guessing a password from one address or against one account is.
@@ -26,12 +32,12 @@ class SignInLimiter:
         """Raise RateLimited if the username or the address has used up its attempts."""
         now = time.monotonic()
         with self._lock:
-            for key, what in ((f"user:{username.lower()}", f"username {username!r}"),
-                              (f"address:{address}", f"address {address}")):
+            for key, what, limit in ((f"user:{username.lower()}", f"username {username!r}", self.attempts),
+                                     (f"address:{address}", f"address {address}", self.attempts * ADDRESS_FACTOR)):
                 if address is None and key.startswith("address:"):
                     continue
                 failures = self._recent(key, now)
-                if len(failures) >= self.attempts:
+                if len(failures) >= limit:
                     retry_after = max(1, int(failures[0] + self.window - now) + 1)
                     raise RateLimited(f"Too many failed sign-ins for {what}; try again in {retry_after} s.",
                                       retry_after=retry_after, code="sign_in_rate_limited")

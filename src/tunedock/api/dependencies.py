@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tunedock.accounts.identity import Principal
 from tunedock.errors import AuthenticationFailed, PermissionDenied
+from tunedock.record_ids import MAX_ID
 from tunedock.services import Services
 
 _bearer = HTTPBearer(auto_error=False, description="An API key or a personal access token.")
@@ -59,3 +60,5 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 ReaderDep = Annotated[Principal, Depends(current_principal)]
 WriterDep = Annotated[Principal, Depends(writer_principal)]
 AdminDep = Annotated[Principal, Depends(admin_principal)]
+# A path id that can name no row fails validation (422) instead of reaching the store.
+RecordId = Annotated[int, Path(ge=1, le=MAX_ID, description="A row id, 1 to 2147483647.")]

@@ -56,7 +56,7 @@ def inspect_model_directory(path: str | Path, allowed_roots: Sequence[Path]) -> 
     Raises InvalidModelDirectory whose ``code`` names the failed check. Of a path outside
     ``allowed_roots``, only its existence and type are checked, and no file in it is read.
     """
-    directory = _resolve_model_directory(path, allowed_roots)
+    directory = resolve_model_directory(path, allowed_roots)
     _reject_adapter(directory)
     config = _read_config(directory)
 
@@ -80,7 +80,7 @@ def inspect_model_directory(path: str | Path, allowed_roots: Sequence[Path]) -> 
         parameter_count=parameter_count,
         size_bytes=_directory_size(directory),
         weights_files=weights_files,
-        context_length=_context_length(config),
+        context_length=_context_length(config) or _tokenizer_max_length(directory),
         pooling_mode=pooling_mode,
         normalize=normalize,
     )
@@ -90,7 +90,8 @@ def inspect_model_directory(path: str | Path, allowed_roots: Sequence[Path]) -> 
     return inspection
 
 
-def _resolve_model_directory(path: str | Path, allowed_roots: Sequence[Path]) -> Path:
+def resolve_model_directory(path: str | Path, allowed_roots: Sequence[Path]) -> Path:
+    """Resolve ``path`` to an existing directory inside ``allowed_roots``, reading no file in it."""
     requested_path = Path(path).expanduser()
     try:
         exists = requested_path.exists()
@@ -134,13 +135,17 @@ def _outside_model_roots(requested_path: Path, directory: Path, roots: list[Path
     )
 
 
+def is_adapter_directory(directory: str | Path) -> bool:
+    """Return whether a directory is a PEFT adapter, which PEFT marks with adapter_config.json."""
+    return (Path(directory) / ADAPTER_CONFIG_FILE).is_file()
+
+
 def _reject_adapter(directory: Path) -> None:
-    if (directory / ADAPTER_CONFIG_FILE).exists():
+    if is_adapter_directory(directory):
         raise InvalidModelDirectory(
             f"Model directory {directory} is a PEFT adapter ({ADAPTER_CONFIG_FILE} is present), "
-            "and Tunedock registers only full models. Merge the adapter into its base model "
-            "(for example with PEFT's merge_and_unload() and save_pretrained()) and register "
-            "the merged directory.",
+            "not a full model. Register it with base_model set to its registered base model, "
+            "and Tunedock will merge the adapter into the base at deploy time.",
             code="adapter_not_supported", param="path",
         )
 
@@ -381,6 +386,18 @@ def _context_length(config: dict[str, Any]) -> int | None:
         value = config.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
+    return None
+
+
+def _tokenizer_max_length(directory: Path) -> int | None:
+    """Read ``model_max_length`` from tokenizer_config.json, for models whose config has no limit (T5)."""
+    try:
+        value = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8")).get("model_max_length")
+    except (OSError, ValueError, AttributeError):
+        return None
+    # Tokenizers without a limit store a huge placeholder such as 10**30.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1_000_000:
+        return value
     return None
 
 

@@ -10,9 +10,16 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from tunedock.accounts.identity import Principal
-from tunedock.catalog.inspection import inspect_model_directory
+from tunedock.catalog.adapters import inspect_adapter_directory
+from tunedock.catalog.inspection import (
+    ModelInspection,
+    inspect_model_directory,
+    is_adapter_directory,
+    resolve_model_directory,
+)
 from tunedock.catalog.slugs import slugify
-from tunedock.errors import Conflict, InvalidInput, NotFound
+from tunedock.errors import Conflict, InvalidInput, InvalidModelDirectory, NotFound
+from tunedock.record_ids import is_record_id
 from tunedock.store.database import Database
 from tunedock.store.tables import Model
 
@@ -33,7 +40,11 @@ class ModelRegistry:
         name = _checked_name(name)
         tags = _checked_tags(tags)
         slug = slugify(name)
-        inspection = inspect_model_directory(path, self.allowed_roots)
+        if is_adapter_directory(resolve_model_directory(path, self.allowed_roots)):
+            inspection, base_model = self._inspect_adapter(path, base_model)
+            technique = technique or "lora"
+        else:
+            inspection = inspect_model_directory(path, self.allowed_roots)
         with self.database.session() as session:
             _reject_duplicate(session, name, slug)
             model = Model(
@@ -46,6 +57,51 @@ class ModelRegistry:
             session.add(model)
         logger.info("model %s (%s) registered from %s by %s", model.id, slug, inspection.path, principal.username)
         return model
+
+    def _inspect_adapter(self, path: str, base_model: str | None) -> tuple[ModelInspection, str]:
+        """Inspect an adapter on its base, and return it with the base_model value to store.
+
+        That value is the base's slug when the base is registered, or else the resolved path
+        of the base directory.
+        """
+        reference = (base_model or "").strip()
+        if not reference:
+            raise InvalidInput(
+                f"Model directory {path} is a LoRA adapter, which needs its base model. Set base_model "
+                "to the name, slug or id of the registered base model, or to the base model's directory.",
+                code="base_model_missing", param="base_model",
+            )
+        base_path, stored_reference = self._find_base(reference)
+        if is_adapter_directory(base_path):
+            raise InvalidInput(
+                f"Base model {reference!r} is itself an adapter. Set base_model to the full model "
+                "that the adapter was trained on.",
+                code="base_model_incompatible", param="base_model",
+            )
+        try:
+            base = inspect_model_directory(base_path, self.allowed_roots)
+        except InvalidModelDirectory as exc:
+            raise InvalidModelDirectory(f"Base model {reference!r} cannot be used: {exc.message}",
+                                        code=exc.code, param="base_model") from exc
+        inspection = inspect_adapter_directory(path, self.allowed_roots, base, repr(reference))
+        return inspection, stored_reference or str(base.path)
+
+    def _find_base(self, reference: str) -> tuple[Path, str | None]:
+        """Return the base directory and its model slug, or None for a directory given by path."""
+        with self.database.session() as session:
+            try:
+                base = find_model(session, reference)
+            except NotFound:
+                base = None
+            if base is not None:
+                return Path(base.source_path), base.slug
+        if Path(reference).expanduser().is_dir():
+            return Path(reference).expanduser(), None
+        raise InvalidInput(
+            f"Base model {reference!r} is neither a registered model (by name, slug or id) nor a "
+            "directory. Register the base model first, or set base_model to its directory's path.",
+            code="base_model_not_found", param="base_model",
+        )
 
     def list(self) -> list[Model]:
         with self.database.session() as session:
@@ -60,7 +116,7 @@ class ModelRegistry:
 def find_model(session: Session, reference: str, include_deleted: bool = False) -> Model:
     """Find a model by its id, slug or exact name; deleted ones only when asked for."""
     conditions = [Model.slug == reference, Model.name == reference]
-    if reference.isdigit():
+    if is_record_id(reference):
         conditions.append(Model.id == int(reference))
     query = select(Model).where(or_(*conditions))
     if not include_deleted:

@@ -130,7 +130,8 @@ def deploy(
     threads: Annotated[int | None, typer.Option(help="CPU threads per replica.")] = None,
     engine: Annotated[str | None, typer.Option(help="transformers, ctranslate2 or vllm.")] = None,
     quantization: Annotated[str | None, typer.Option(
-        help="Weight quantization: none, int8, int8_float16, float16, bfloat16, awq or gptq. The engine must "
+        help="Weight quantization: none; with --engine ctranslate2 also int8, int8_float32, int16 or float32 "
+             "(CPU) and int8_float16, float16 or bfloat16 (CUDA). The engine must "
              "support it on the device.")] = None,
     description: Annotated[str, typer.Option(help="What this version changes.")] = "",
     wait: WaitOption = False,

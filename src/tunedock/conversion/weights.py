@@ -13,7 +13,6 @@ deploy with a message instead of taking down the control plane.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -24,7 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunedock.catalog.fingerprint import directory_hash
-from tunedock.errors import TunedockError
+from tunedock.catalog.inspection import is_adapter_directory
+from tunedock.conversion.errors import ConversionFailed
+from tunedock.conversion.locking import locked
+from tunedock.conversion.merging import merge_adapter
 from tunedock.runtime.engines.converted_weights import MANIFEST_FILE
 
 logger = logging.getLogger(__name__)
@@ -39,43 +41,51 @@ _FAILURE_TAIL_LINES = 5
 ProgressCallback = Callable[[str], None]
 
 
-class ConversionFailed(TunedockError):
-    """The weights could not be prepared for the engine; ``message`` gives the reason, for people."""
-
-    code = "weights_conversion_failed"
-
-
 def prepare_weights(model_path: str | Path, model_format: str, engine: str, quantization: str,
                     cache_dir: str | Path, on_progress: ProgressCallback | None = None,
-                    device: str = "cpu") -> Path:
+                    device: str = "cpu", base_model_path: str | Path | None = None) -> Path:
     """Return the directory the model server of ``engine`` loads, converting the weights if needed.
 
     Blocks for as long as a conversion takes, so call it from a worker thread.
     ``on_progress`` receives one sentence per step, on the calling thread. Raise
     ConversionFailed when the engine cannot run the model with this quantization on
     ``device`` (cpu, cuda or cuda:<index>), or when the conversion fails.
+
+    A LoRA adapter directory is first merged into its base, ``base_model_path``, and the
+    merged directory (cached under ``cache_dir`` too) is then prepared like a full model.
     """
     report = on_progress or (lambda message: None)
     source = Path(model_path).resolve()
+    _check_request(model_format, engine, quantization, device)
+    if is_adapter_directory(source):
+        if base_model_path is None:
+            raise ConversionFailed(f"{source} is a LoRA adapter, and no base model directory was given to "
+                                   "merge it into; register the adapter with its base model.")
+        source = merge_adapter(source, Path(base_model_path).resolve(), model_format, Path(cache_dir), report)
     if engine == "transformers":
-        if quantization != "none":
-            raise ConversionFailed(f"The transformers engine runs weights as stored; quantization "
-                                   f"{quantization!r} needs the ctranslate2 engine.")
         return source
-    if engine != "ctranslate2":
-        raise ConversionFailed(f"Engine {engine!r} has no weights preparation; use transformers or ctranslate2.")
 
-    _check_ctranslate2_request(model_format, quantization, device)
     report(f"Hashing the model files in {source}")
     files_hash = directory_hash(source)
     target = Path(cache_dir) / _cache_name(files_hash, quantization)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.with_name(target.name + ".lock")):
+    with locked(target.with_name(target.name + ".lock")):
         if (target / MANIFEST_FILE).is_file():
             report(f"Reusing the {quantization} CTranslate2 weights converted earlier in {target}")
             return target
         _convert(source, model_format, quantization, files_hash, target, report)
     return target
+
+
+def _check_request(model_format: str, engine: str, quantization: str, device: str) -> None:
+    if engine == "transformers":
+        if quantization != "none":
+            raise ConversionFailed(f"The transformers engine runs weights as stored; quantization "
+                                   f"{quantization!r} needs the ctranslate2 engine.")
+        return
+    if engine != "ctranslate2":
+        raise ConversionFailed(f"Engine {engine!r} has no weights preparation; use transformers or ctranslate2.")
+    _check_ctranslate2_request(model_format, quantization, device)
 
 
 def _check_ctranslate2_request(model_format: str, quantization: str, device: str) -> None:
@@ -103,21 +113,6 @@ def _cache_name(files_hash: str, quantization: str) -> str:
     digest = files_hash.split(":", 1)[-1][:32]
     major_version = ctranslate2.__version__.split(".", 1)[0]
     return f"ctranslate2-v{major_version}-{quantization}-{digest}"
-
-
-class _locked:
-    """An exclusive lock on ``path``, held across processes with flock."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-
-    def __enter__(self) -> None:
-        self._file = self._path.open("w")
-        fcntl.flock(self._file, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc_info: object) -> None:
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
 
 
 def _convert(source: Path, model_format: str, quantization: str, files_hash: str, target: Path,

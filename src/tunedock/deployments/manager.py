@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -22,7 +23,7 @@ from tunedock.accounts.identity import SYSTEM, Principal
 from tunedock.catalog.fingerprint import directory_hash
 from tunedock.conversion import prepare_weights
 from tunedock.deployments import records
-from tunedock.deployments.hardware import cuda_device_count
+from tunedock.deployments.hardware import cuda_device_count, machine_quantizations
 from tunedock.deployments.parameters import (
     DeploymentParameters,
     DeployTarget,
@@ -168,7 +169,9 @@ class DeploymentManager:
 
     def _target(self, model: Model) -> DeployTarget:
         return DeployTarget(model_name=model.name, context_length=model.context_length,
-                            cuda_devices=cuda_device_count(), model_format=model.format)
+                            cuda_devices=cuda_device_count(), model_format=model.format,
+                            machine_types=machine_quantizations(),
+                            min_idle_undeploy_after=self.policy.min_idle_undeploy_after)
 
     # Deploy ------------------------------------------------------------------------------
 
@@ -216,9 +219,10 @@ class DeploymentManager:
             if job_id is not None:
                 asyncio.run_coroutine_threadsafe(self._event(job_id, "preparing_weights", message), loop).result()
 
+        base_path = await asyncio.to_thread(records.adapter_base_path, self.database, model)
         weights = await asyncio.to_thread(prepare_weights, model.source_path, model.format, optimization.engine,
                                           optimization.quantization, self.weights_dir, progress,
-                                          parameters.hardware.device)
+                                          parameters.hardware.device, base_path)
         self._weights[deployment_id] = str(weights)
 
     async def _start_replicas(self, job_id: int, deployment: Deployment, model: Model,
@@ -390,7 +394,7 @@ class DeploymentManager:
 
     async def _replace_crashed(self, serving: Serving, target: ReplicaTarget) -> None:
         name = serving.deployment.name
-        last_words = self.backend.last_words(target.replica)
+        last_words = f"{exit_description(target.replica)}; {self.backend.last_words(target.replica)}"
         crashes = serving.crashes.record(time.monotonic())
         logger.error("replica %s (pid %s) of %s died, crash %d within %.0f s: %s", target.index,
                      target.replica.pid, name, crashes, self.policy.crash_window, last_words)
@@ -413,7 +417,8 @@ class DeploymentManager:
             logger.error("restart of replica %s of %s failed: %s", target.index, name, exc.message)
             serving.crashes.record(time.monotonic())
             if serving.crashes.exhausted() or not serving.route.targets:
-                await self._retire(serving.deployment.id, f"crashed: the replica could not restart: {exc.message}")
+                await self._retire(serving.deployment.id,
+                                   f"crashed: {last_words}; then the restart failed: {exc.message}")
                 return
         else:
             serving.route.targets.append(replacement)
@@ -577,6 +582,19 @@ async def _logged(work: Any) -> None:
         raise
     except Exception:  # noqa: BLE001 - one failed repair must not go unnoticed or stop others
         logger.exception("supervision work %s failed", getattr(work, "__qualname__", work))
+
+
+def exit_description(replica: RunningReplica) -> str:
+    """Say how a replica's process ended: its exit status or the signal that killed it."""
+    code = getattr(replica.process, "returncode", None)
+    if code is None:
+        return "the replica stopped answering its health checks"
+    if code < 0:
+        try:
+            return f"the replica was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"the replica was killed by signal {-code}"
+    return f"the replica exited with status {code}"
 
 
 def engine_version(engine: str) -> str | None:

@@ -23,8 +23,9 @@ def describe_unavailable_model(database: Database, slug: str) -> TunedockError:
     if latest.status == "deploying":
         return ModelNotLive(f"Model {slug!r} is deploying ({latest.name}); retry when its job has finished.")
     if latest.status == "failed":
-        return ModelNotLive(f"Model {slug!r} is not live: its latest deployment {latest.name} failed "
-                            f"({latest.failure_reason}).")
+        # The stored reason may quote server paths and log lines, which inference callers need not see.
+        return ModelNotLive(f"Model {slug!r} is not live: its latest deployment {latest.name} failed; "
+                            f"`tunedock history {slug}` shows why.")
     if latest.undeploy_started_at is not None:
         return ModelNotLive(f"Model {slug!r} is not live: {latest.name} was un-deployed by "
                             f"{latest.undeployed_by} ({latest.undeploy_reason}).")

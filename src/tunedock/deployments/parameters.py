@@ -107,6 +107,9 @@ class DeployTarget:
     context_length: int | None
     cuda_devices: int
     model_format: str = ""
+    # Quantizations that this machine's hardware runs, per engine and device type, when known.
+    machine_types: dict[tuple[str, str], tuple[str, ...]] | None = None
+    min_idle_undeploy_after: float = 0.0
 
 
 def resolve_defaults(parameters: DeploymentParameters, target: DeployTarget) -> DeploymentParameters:
@@ -142,6 +145,18 @@ def check_deployable(parameters: DeploymentParameters, target: DeployTarget) -> 
                                  "does not run embedding models; use 'transformers'"))
     supported = SUPPORTED_QUANTIZATION.get(engine, {}).get(device_type, ())
     quantization = parameters.optimization.quantization
+    runnable = (target.machine_types or {}).get((engine, device_type))
+    if quantization in supported and quantization != "none" and runnable is not None and quantization not in runnable:
+        problems.append(_problem(
+            "optimization.quantization", quantization,
+            f"is not supported by this machine's {device_type} for engine {engine!r}; use one of "
+            f"{['none', *sorted(runnable)]}"))
+    idle = parameters.scaling.idle_undeploy_after
+    if idle is not None and idle < target.min_idle_undeploy_after:
+        problems.append(_problem(
+            "scaling.idle_undeploy_after", idle,
+            f"must be at least {target.min_idle_undeploy_after:g} seconds (TUNEDOCK_MIN_IDLE_UNDEPLOY_AFTER), "
+            "or null to keep the deployment up"))
     if quantization not in supported:
         problems.append(_problem(
             "optimization.quantization", quantization,

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from tunedock.accounts.identity import SYSTEM
+from tunedock.catalog.inspection import is_adapter_directory
 from tunedock.catalog.registration import find_model
 from tunedock.errors import Conflict, NotFound
 from tunedock.notifier.outbox import Outbox
@@ -214,6 +216,26 @@ def get_deployment(database: Database, deployment_id: int) -> Deployment:
 def get_model_of(database: Database, deployment: Deployment) -> Model:
     with database.session() as session:
         return session.get_one(Model, deployment.model_id)
+
+
+def adapter_base_path(database: Database, model: Model) -> str | None:
+    """Return the base model directory of an adapter model, or None when the model is a full one.
+
+    The base_model of an adapter is a model slug or an absolute directory path, as
+    registration stores it. A deleted base model still lends its files.
+    """
+    if not is_adapter_directory(model.source_path):
+        return None
+    reference = model.base_model or ""
+    if Path(reference).is_absolute():
+        return reference
+    with database.session() as session:
+        try:
+            return find_model(session, reference, include_deleted=True).source_path
+        except NotFound as exc:
+            raise NotFound(f"Base model {reference!r} of adapter model {model.name!r} is not registered. "
+                           "Register the base model again under that name, then redeploy.",
+                           code="base_model_not_found") from exc
 
 
 def _get_deployment(session: Session, deployment_id: int) -> Deployment:

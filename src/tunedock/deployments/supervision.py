@@ -22,6 +22,7 @@ class SupervisionPolicy:
     crash_window: float = 600.0
     drain_timeout: float = 60.0  # seconds that in-flight requests get before replicas stop
     idle_warning_lead: float = 600.0  # seconds before an idle un-deploy that its warning is sent
+    min_idle_undeploy_after: float = 60.0  # the shortest idle_undeploy_after a deploy may ask for
 
 
 @dataclass

@@ -86,7 +86,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 def verify_signature(secret: str, body: bytes, timestamp: str, signature: str, *,
                      now: float | None = None, tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS) -> bool:
     """Check a received request's signature and that its timestamp is recent, for receivers."""
-    if not timestamp.isdigit():
+    if not (timestamp.isascii() and timestamp.isdecimal()):
         return False
     current = time.time() if now is None else now
     if abs(current - int(timestamp)) > tolerance_seconds:

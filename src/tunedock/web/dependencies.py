@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
+from tunedock.record_ids import MAX_ID
 from tunedock.services import Services
 from tunedock.web.session import ConsoleSession, require_csrf, require_session, services_of
 
@@ -27,3 +28,6 @@ async def form_values(request: Request) -> dict[str, str]:
     """Return the submitted form as plain strings; file uploads are ignored."""
     form = await request.form()
     return {name: value for name, value in form.items() if isinstance(value, str)}
+
+# A path id that can name no row fails validation instead of reaching the store.
+RecordId = Annotated[int, Path(ge=1, le=MAX_ID, description="A row id, 1 to 2147483647.")]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 
 from tunedock.accounts import audit
 from tunedock.accounts.audit import AuditFilter
-from tunedock.api.dependencies import AdminDep, ReaderDep, ServicesDep, WriterDep
+from tunedock.api.dependencies import AdminDep, ReaderDep, RecordId, ServicesDep, WriterDep
 from tunedock.api.schemas import (
     ApiKeyCreate,
     ApiKeyIssued,
@@ -43,8 +43,10 @@ def who_am_i(services: ServicesDep, principal: ReaderDep) -> UserPublic:
 
 
 @router.post("/api/keys", status_code=201)
-def create_api_key(body: ApiKeyCreate, services: ServicesDep, principal: WriterDep) -> ApiKeyIssued:
+def create_api_key(body: ApiKeyCreate, request: Request, services: ServicesDep,
+                   principal: WriterDep) -> ApiKeyIssued:
     """Create an API key; shown once. Admins may create one for another user with `user`."""
+    request.state.audit_target = f"key {body.name!r} for {body.user or principal.username}"
     if body.user is not None and body.user != principal.username:
         if principal.role != "admin":
             raise PermissionDenied("Only admins may create API keys for other users.", code="role_required")
@@ -67,7 +69,7 @@ def list_api_keys(services: ServicesDep, principal: ReaderDep,
 
 
 @router.delete("/api/keys/{key_id}")
-def revoke_api_key(key_id: int, request: Request, services: ServicesDep, principal: WriterDep) -> ApiKeyPublic:
+def revoke_api_key(key_id: RecordId, request: Request, services: ServicesDep, principal: WriterDep) -> ApiKeyPublic:
     """Revoke a key; requests with it fail from now on."""
     key = services.accounts.revoke_key(principal, key_id)
     request.state.audit_target = f"key {key.prefix}"

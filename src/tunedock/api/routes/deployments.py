@@ -11,7 +11,7 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from tunedock.api.dependencies import ReaderDep, ServicesDep, WriterDep
+from tunedock.api.dependencies import ReaderDep, RecordId, ServicesDep, WriterDep
 from tunedock.api.schemas import (
     DeploymentAccepted,
     DeploymentCreate,
@@ -30,6 +30,7 @@ from tunedock.deployments import records
 from tunedock.deployments.comparison import changes_between, compared_fields
 from tunedock.deployments.manager import DeployRequest
 from tunedock.errors import InvalidInput
+from tunedock.record_ids import is_record_id
 from tunedock.services import Services
 from tunedock.store.tables import Deployment
 
@@ -51,7 +52,7 @@ async def create_deployment(model: str, body: DeploymentCreate, request: Request
 
 
 @router.post("/api/deployments/{deployment_id}/redeploy", status_code=202)
-async def redeploy(deployment_id: int, request: Request, services: ServicesDep, principal: WriterDep,
+async def redeploy(deployment_id: RecordId, request: Request, services: ServicesDep, principal: WriterDep,
                    body: RedeployRequest | None = None) -> DeploymentAccepted:
     """Deploy a new version of the model with this version's parameters (a rollback)."""
     body = body or RedeployRequest()
@@ -83,21 +84,21 @@ def list_deployments(model: str, services: ServicesDep, principal: ReaderDep,
 
 
 @router.get("/api/models/{model}/deployments/{version}")
-def get_version(model: str, version: int, services: ServicesDep, principal: ReaderDep) -> DeploymentDetail:
+def get_version(model: str, version: RecordId, services: ServicesDep, principal: ReaderDep) -> DeploymentDetail:
     """One version of a model's history, by its number."""
     deployment = records.find_version(services.database, model, version)
     return DeploymentDetail.of(records.deployment_record(services.database, deployment.id))
 
 
 @router.get("/api/deployments/{deployment_id}")
-def get_deployment(deployment_id: int, services: ServicesDep, principal: ReaderDep) -> DeploymentDetail:
+def get_deployment(deployment_id: RecordId, services: ServicesDep, principal: ReaderDep) -> DeploymentDetail:
     detail = DeploymentDetail.of(records.deployment_record(services.database, deployment_id))
     detail.usage = UsagePublic.of(services.metrics.usage(deployment_id))
     return detail
 
 
 @router.get("/api/deployments/{a}/diff/{b}")
-def diff_deployments(a: int, b: int, services: ServicesDep, principal: ReaderDep) -> DeploymentDiff:
+def diff_deployments(a: RecordId, b: RecordId, services: ServicesDep, principal: ReaderDep) -> DeploymentDiff:
     """Compare two versions of one model field by field; `before` is a's value, `after` b's."""
     first = records.deployment_record(services.database, a)
     second = records.deployment_record(services.database, b)
@@ -118,7 +119,7 @@ def _ref(deployment: Deployment) -> DeploymentRef:
 
 
 @router.post("/api/deployments/{deployment_id}/undeploy", status_code=202)
-async def undeploy(deployment_id: int, request: Request, services: ServicesDep, principal: WriterDep) -> JobPublic:
+async def undeploy(deployment_id: RecordId, request: Request, services: ServicesDep, principal: WriterDep) -> JobPublic:
     job = await services.deployments.undeploy(principal, deployment_id)
     job, events = await asyncio.to_thread(records.get_job, services.database, job.id)
     request.state.audit_target = f"deployment {deployment_id} (job {job.id})"
@@ -126,13 +127,13 @@ async def undeploy(deployment_id: int, request: Request, services: ServicesDep, 
 
 
 @router.get("/api/jobs/{job_id}")
-def get_job(job_id: int, services: ServicesDep, principal: ReaderDep) -> JobPublic:
+def get_job(job_id: RecordId, services: ServicesDep, principal: ReaderDep) -> JobPublic:
     job, events = records.get_job(services.database, job_id)
     return JobPublic.of(job, events)
 
 
 @router.post("/api/jobs/{job_id}/cancel")
-async def cancel_job(job_id: int, services: ServicesDep, principal: WriterDep) -> JobPublic:
+async def cancel_job(job_id: RecordId, services: ServicesDep, principal: WriterDep) -> JobPublic:
     """Cancel a deploy in progress; it ends `failed` with reason "cancelled by <user>"."""
     await services.deployments.cancel(principal, job_id)
     job, events = await asyncio.to_thread(records.get_job, services.database, job_id)
@@ -141,7 +142,7 @@ async def cancel_job(job_id: int, services: ServicesDep, principal: WriterDep) -
 
 @router.get("/api/jobs/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-async def stream_job_events(job_id: int, services: ServicesDep, principal: ReaderDep,
+async def stream_job_events(job_id: RecordId, services: ServicesDep, principal: ReaderDep,
                             last_event_id: str | None = Header(default=None)) -> StreamingResponse:
     """Stream a job's progress events as server-sent events, then one `end` event with the job.
 
@@ -149,7 +150,7 @@ async def stream_job_events(job_id: int, services: ServicesDep, principal: Reade
     with `Last-Event-ID` receives only the events after it.
     """
     await asyncio.to_thread(records.get_job, services.database, job_id)  # 404 before streaming starts
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    after = int(last_event_id) if last_event_id and is_record_id(last_event_id) else 0
     return StreamingResponse(_job_events(services, job_id, after), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -177,7 +178,7 @@ async def _job_events(services: Services, job_id: int, after: int) -> AsyncItera
 def _parse_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit():
+    if not is_record_id(cursor):
         raise InvalidInput(f"Invalid cursor {cursor!r}; pass the next_cursor value of the previous page.",
                            param="cursor")
     return int(cursor)

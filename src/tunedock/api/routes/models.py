@@ -10,7 +10,7 @@ from tunedock.api.dependencies import ReaderDep, ServicesDep, WriterDep
 from tunedock.api.schemas import EndpointPublic, ModelCreate, ModelList, ModelPublic, SnippetKey, Snippets
 from tunedock.deployments import records
 from tunedock.endpoints import snippets
-from tunedock.errors import PermissionDenied
+from tunedock.errors import AuthenticationFailed, InvalidInput, PermissionDenied
 from tunedock.services import Services
 from tunedock.store.tables import Model
 
@@ -46,7 +46,11 @@ async def delete_model(model: str, services: ServicesDep, principal: WriterDep) 
 def get_endpoint_with_key(model: str, body: SnippetKey, services: ServicesDep,
                           principal: ReaderDep) -> EndpointPublic:
     """The endpoint with one of the caller's own API keys written into the snippets."""
-    owner = services.accounts.authenticate(body.api_key)
+    try:
+        owner = services.accounts.authenticate(body.api_key)
+    except AuthenticationFailed as exc:
+        raise InvalidInput("The api_key in the body is not a valid, active API key; pass one of your own keys "
+                           "(`tunedock keys list`).", code="invalid_api_key", param="api_key") from exc
     found = services.registry.get(model)
     if owner.user_id != principal.user_id:
         raise PermissionDenied("That API key belongs to another user; fill in one of your own keys.",

@@ -9,7 +9,7 @@ from typing import Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from tunedock.api.dependencies import ReaderDep, ServicesDep, WriterDep
+from tunedock.api.dependencies import ReaderDep, RecordId, ServicesDep, WriterDep
 from tunedock.deployments import records
 from tunedock.errors import Conflict
 from tunedock.notifier import subscriptions
@@ -117,12 +117,12 @@ def list_webhooks(model: str, services: ServicesDep, principal: ReaderDep) -> li
 
 
 @router.delete("/api/webhooks/{webhook_id}", status_code=204)
-def delete_webhook(webhook_id: int, services: ServicesDep, principal: WriterDep) -> None:
+def delete_webhook(webhook_id: RecordId, services: ServicesDep, principal: WriterDep) -> None:
     subscriptions.delete_webhook(services.database, webhook_id)
 
 
 @router.post("/api/deployments/{deployment_id}/keep-alive")
-async def keep_alive(deployment_id: int, services: ServicesDep, principal: ReaderDep) -> dict[str, object]:
+async def keep_alive(deployment_id: RecordId, services: ServicesDep, principal: ReaderDep) -> dict[str, object]:
     """Reset a live deployment's idle clock, as a request to its endpoint would."""
     deployment = await asyncio.to_thread(records.get_deployment, services.database, deployment_id)
     if not services.deployments.keep_alive(deployment_id):

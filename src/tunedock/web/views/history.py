@@ -15,7 +15,7 @@ from tunedock.errors import NotFound, TunedockError
 from tunedock.services import Services
 from tunedock.store.tables import Deployment
 from tunedock.web.audit import note_failure, note_target
-from tunedock.web.dependencies import CheckedSessionDep, ServicesDep, SessionDep, form_values
+from tunedock.web.dependencies import CheckedSessionDep, RecordId, ServicesDep, SessionDep, form_values
 from tunedock.web.model_pages import ModelSummary, model_summary
 from tunedock.web.routing import ConsoleRoute
 from tunedock.web.session import ConsoleSession, require_writer
@@ -64,7 +64,7 @@ def _history_page(request: Request, session: ConsoleSession, page: HistoryPage, 
 
 
 @router.get("/deployments/{deployment_id}")
-async def deployment_page(deployment_id: int, session: SessionDep, services: ServicesDep) -> Response:
+async def deployment_page(deployment_id: RecordId, session: SessionDep, services: ServicesDep) -> Response:
     """Open a version's details in its model's history (the link in notification emails)."""
     record = await run_in_threadpool(records.deployment_record, services.database, deployment_id)
     return RedirectResponse(_detail_url(record.model.slug, deployment_id), status_code=303)
@@ -75,7 +75,7 @@ def _detail_url(slug: str, deployment_id: int) -> str:
 
 
 @router.post("/deployments/{deployment_id}/undeploy")
-async def undeploy(deployment_id: int, request: Request, session: CheckedSessionDep,
+async def undeploy(deployment_id: RecordId, request: Request, session: CheckedSessionDep,
                    services: ServicesDep) -> Response:
     require_writer(session)
     try:
@@ -87,7 +87,7 @@ async def undeploy(deployment_id: int, request: Request, session: CheckedSession
 
 
 @router.post("/deployments/{deployment_id}/redeploy")
-async def redeploy(deployment_id: int, request: Request, session: CheckedSessionDep, services: ServicesDep,
+async def redeploy(deployment_id: RecordId, request: Request, session: CheckedSessionDep, services: ServicesDep,
                    submitted: Annotated[dict[str, str], Depends(form_values)]) -> Response:
     require_writer(session)
     allow_changed_files = submitted.get("allow_changed_files") == "true"

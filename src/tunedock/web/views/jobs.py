@@ -13,7 +13,7 @@ from tunedock.api.schemas import JobPublic
 from tunedock.deployments import records
 from tunedock.services import Services
 from tunedock.store.tables import Deployment, Model
-from tunedock.web.dependencies import CheckedSessionDep, ServicesDep, SessionDep
+from tunedock.web.dependencies import CheckedSessionDep, RecordId, ServicesDep, SessionDep
 from tunedock.web.routing import ConsoleRoute
 from tunedock.web.session import require_writer
 from tunedock.web.templating import render
@@ -40,7 +40,7 @@ def load_job(services: Services, job_id: int) -> JobView:
 
 
 @router.get("/jobs/{job_id}")
-async def job_page(job_id: int, request: Request, session: SessionDep, services: ServicesDep,
+async def job_page(job_id: RecordId, request: Request, session: SessionDep, services: ServicesDep,
                    follow: bool = False) -> Response:
     """Show a job; with ``follow`` (set after a deploy or un-deploy) a job that already succeeded opens the history."""
     view = await run_in_threadpool(load_job, services, job_id)
@@ -50,7 +50,7 @@ async def job_page(job_id: int, request: Request, session: SessionDep, services:
 
 
 @router.get("/jobs/{job_id}/status")
-async def job_status(job_id: int, session: SessionDep, services: ServicesDep) -> Response:
+async def job_status(job_id: RecordId, session: SessionDep, services: ServicesDep) -> Response:
     """The job as the management API returns it, plus where to go when it ends; polled by job.js."""
     view = await run_in_threadpool(load_job, services, job_id)
     body = view.job.model_dump(mode="json")
@@ -59,7 +59,7 @@ async def job_status(job_id: int, session: SessionDep, services: ServicesDep) ->
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel_job(job_id: int, session: CheckedSessionDep, services: ServicesDep) -> Response:
+async def cancel_job(job_id: RecordId, session: CheckedSessionDep, services: ServicesDep) -> Response:
     require_writer(session)
     await services.deployments.cancel(session.principal, job_id)
     return RedirectResponse(f"/jobs/{job_id}?follow=true", status_code=303)

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from tunedock.deployments import records
 from tunedock.services import Services
 from tunedock.web.audit import note_failure
-from tunedock.web.dependencies import CheckedSessionDep, ServicesDep, SessionDep
+from tunedock.web.dependencies import CheckedSessionDep, RecordId, ServicesDep, SessionDep
 from tunedock.web.routing import ConsoleRoute
 from tunedock.web.session import ConsoleSession
 from tunedock.web.templating import render
@@ -18,13 +18,13 @@ router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
 
 @router.get("/deployments/{deployment_id}/keep-alive")
-async def keep_alive_page(deployment_id: int, request: Request, session: SessionDep,
+async def keep_alive_page(deployment_id: RecordId, request: Request, session: SessionDep,
                           services: ServicesDep) -> Response:
     return await _page(request, session, services, deployment_id, outcome=None)
 
 
 @router.post("/deployments/{deployment_id}/keep-alive")
-async def keep_alive(deployment_id: int, request: Request, session: CheckedSessionDep,
+async def keep_alive(deployment_id: RecordId, request: Request, session: CheckedSessionDep,
                      services: ServicesDep) -> Response:
     await run_in_threadpool(records.get_deployment, services.database, deployment_id)  # 404 when unknown
     if services.deployments.keep_alive(deployment_id):

@@ -15,7 +15,7 @@ from tunedock.errors import InvalidInput, TunedockError
 from tunedock.services import Services
 from tunedock.store.tables import utc_now
 from tunedock.web.audit import note_failure, note_target
-from tunedock.web.dependencies import CheckedSessionDep, ServicesDep, SessionDep, form_values
+from tunedock.web.dependencies import CheckedSessionDep, RecordId, ServicesDep, SessionDep, form_values
 from tunedock.web.api_keys import list_api_keys, revoke_api_key
 from tunedock.web.routing import ConsoleRoute
 from tunedock.web.session import ConsoleSession, require_writer
@@ -69,14 +69,14 @@ async def create_key(request: Request, session: CheckedSessionDep, services: Ser
 
 def _expiry(days_text: str) -> datetime | None:
     """Return the expiry time for the "Expires" choice, in days from now; 0 or no choice means never."""
-    days = int(days_text) if days_text.isdigit() else 0
+    days = int(days_text) if days_text.isascii() and days_text.isdecimal() and len(days_text) < 6 else 0
     if days == 0:
         return None
     return utc_now() + timedelta(days=days)
 
 
 @router.post("/keys/{key_id}/revoke")
-async def revoke_key(key_id: int, request: Request, session: CheckedSessionDep, services: ServicesDep) -> Response:
+async def revoke_key(key_id: RecordId, request: Request, session: CheckedSessionDep, services: ServicesDep) -> Response:
     revoked = await run_in_threadpool(revoke_api_key, services, session.principal, key_id)
     note_target(request, f"key {revoked.prefix}")
     return RedirectResponse(f"/keys?revoked={revoked.prefix}", status_code=303)
