@@ -19,7 +19,7 @@ MAX_DETAIL = 2000
 
 @dataclass(frozen=True)
 class Actor:
-    """Who acted: a signed-in principal, a named user that is not signed in, or the system."""
+    """The one who acted: a signed-in principal, a named user that is not signed in, or the system."""
 
     name: str
     user_id: int | None = None

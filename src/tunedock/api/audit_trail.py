@@ -79,7 +79,11 @@ class AuditTrailMiddleware:
         actor = Actor.of(principal) if principal is not None else ANONYMOUS
         client = scope.get("client")
         address = client[0] if client else None
-        outcome = "success" if status_code < 400 else "denied" if status_code in (401, 403) else "failed"
+        outcome = "success"
+        if status_code in (401, 403):
+            outcome = "denied"
+        elif status_code >= 400:
+            outcome = "failed"
         services = scope["app"].state.services
         await asyncio.to_thread(audit.record, services.database, actor, action, target, outcome, status_code,
                                 state.get("audit_detail"), address)
