@@ -166,3 +166,21 @@ def test_audit_rows_cannot_be_changed(client: TestClient) -> None:
     engine = client.app.state.services.database.engine  # type: ignore[attr-defined]
     with pytest.raises(sqlalchemy.exc.DatabaseError), engine.begin() as connection:
         connection.execute(sqlalchemy.text("UPDATE audit_events SET actor = 'someone else'"))
+
+
+def test_audit_cursor_out_of_range_is_422(client: TestClient) -> None:
+    assert client.get("/api/audit?cursor=-64287161130322771968", headers=ADMIN).status_code == 422
+
+
+def test_audit_time_out_of_range_is_400(client: TestClient) -> None:
+    assert client.get("/api/audit?until=9999-12-31T23:59:59-14:00", headers=ADMIN).status_code == 400
+
+
+def test_key_expiry_without_offset_is_utc(client: TestClient) -> None:
+    response = client.post("/api/keys", headers=ADMIN, json={"name": "k", "expires_at": "2999-01-01T00:00:00"})
+    assert response.status_code == 201
+
+
+def test_key_expiry_in_the_past_is_refused(client: TestClient) -> None:
+    response = client.post("/api/keys", headers=ADMIN, json={"name": "k", "expires_at": "2020-01-01T00:00:00Z"})
+    assert response.json()["error"]["details"]["fields"][0]["field"] == "expires_at"

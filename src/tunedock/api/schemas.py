@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tunedock.deployments.parameters import (
     DeploymentParameters,
@@ -296,8 +296,24 @@ class ApiKeyCreate(_Request):
     name: str = Field(min_length=1, max_length=128)
     scopes: list[str] = Field(default_factory=lambda: ["inference"])
     models: list[str] | None = Field(default=None, description="Model slugs the key may call; all when omitted.")
-    expires_at: datetime | None = None
+    expires_at: datetime | None = Field(default=None, description="When the key stops working; a time without "
+                                        "an offset is read as UTC. Must be in the future.")
     user: str | None = Field(default=None, description="Owner of the key, if not the caller (admins only).")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _future_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        try:
+            value = value.astimezone(timezone.utc)
+        except (OverflowError, ValueError) as exc:
+            raise ValueError("is out of range; give a date such as 2027-01-31T00:00:00Z") from exc
+        if value <= datetime.now(timezone.utc):
+            raise ValueError("is in the past; a key must expire after it is created")
+        return value
 
 
 class ApiKeyPublic(BaseModel):

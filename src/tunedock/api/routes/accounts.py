@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from fastapi import APIRouter, Query, Request
 
@@ -24,7 +24,8 @@ from tunedock.api.schemas import (
     UserPublic,
     UserUpdate,
 )
-from tunedock.errors import PermissionDenied
+from tunedock.errors import InvalidInput, PermissionDenied
+from tunedock.record_ids import MAX_ID
 
 router = APIRouter(tags=["accounts"])
 
@@ -111,10 +112,25 @@ def list_audit_events(services: ServicesDep, principal: AdminDep,
                       action: str | None = Query(default=None, description="For example deployment.deploy."),
                       target: str | None = Query(default=None, description="Part of the target."),
                       since: datetime | None = None, until: datetime | None = None,
-                      cursor: int | None = Query(default=None, description="next_cursor of the previous page."),
+                      cursor: int | None = Query(default=None, ge=1, le=MAX_ID,
+                                                 description="next_cursor of the previous page."),
                       limit: int = Query(default=100, ge=1, le=1000)) -> AuditPage:
     """Audit events, newest first, filtered by user, action, target and time."""
-    found = audit.events(services.database, AuditFilter(actor=user, action=action, target=target, since=since,
-                                                        until=until, before_id=cursor, limit=limit))
+    found = audit.events(services.database, AuditFilter(actor=user, action=action, target=target,
+                                                        since=_as_utc(since), until=_as_utc(until),
+                                                        before_id=cursor, limit=limit))
     items = [AuditEventPublic.of(event) for event in found]
     return AuditPage(items=items, next_cursor=items[-1].id if len(items) == limit else None)
+
+
+def _as_utc(moment: datetime | None) -> datetime | None:
+    """Read a time without an offset as UTC, as the audit trail stores it."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidInput(f"Time {moment.isoformat()} is out of range; give one such as 2026-12-01T00:00:00Z.",
+                           param="since/until") from exc

@@ -12,6 +12,7 @@ from starlette.responses import RedirectResponse, Response
 from tunedock.api.schemas import DeploymentDetail
 from tunedock.deployments import records
 from tunedock.errors import NotFound, TunedockError
+from tunedock.record_ids import MAX_ID
 from tunedock.services import Services
 from tunedock.store.tables import Deployment
 from tunedock.web.audit import note_failure, note_target
@@ -51,8 +52,8 @@ def load_history(services: Services, slug: str, selected: int | None, before: in
 
 @router.get("/models/{slug}/history")
 async def history_page(slug: str, request: Request, session: SessionDep, services: ServicesDep,
-                       deployment: Annotated[int | None, Query()] = None,
-                       before: Annotated[int | None, Query(ge=1)] = None) -> Response:
+                       deployment: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+                       before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None) -> Response:
     page = await run_in_threadpool(load_history, services, slug, deployment, before)
     return _history_page(request, session, page)
 
