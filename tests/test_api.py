@@ -240,3 +240,8 @@ def test_endpoint_refuses_another_users_key(client: TestClient, minilm: dict[str
 
 def test_endpoint_snippets_use_placeholder_by_default(client: TestClient, minilm: dict[str, object]) -> None:
     assert "$TUNEDOCK_API_KEY" in client.get("/api/models/minilm/endpoint", headers=AUTH).json()["snippets"]["curl"]
+
+
+def test_nul_character_is_a_client_error(client: TestClient) -> None:
+    # PostgreSQL cannot store or compare text with NUL; SQLite finds no such model.
+    assert client.get("/api/models/a%00b", headers=AUTH).status_code < 500

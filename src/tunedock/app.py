@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunedock import web
@@ -159,6 +159,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         if is_inference(request):
             return openai_error_response(exc.status_code, message, code)
         return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(DataError)
+    async def on_unstorable_value(request: Request, exc: DataError) -> JSONResponse:
+        logger.warning("the database refused a value of %s %s: %s", request.method, request.url.path, exc.orig)
+        message = ("A value in the request cannot be stored or searched for, such as text with a NUL character "
+                   "(\\u0000) or text longer than its field allows; remove or shorten it.")
+        if is_inference(request):
+            return openai_error_response(400, message, "invalid_value")
+        return JSONResponse(error_body("invalid_value", message), status_code=400)
 
     @app.exception_handler(OperationalError)
     async def on_database_unreachable(request: Request, exc: OperationalError) -> JSONResponse:
