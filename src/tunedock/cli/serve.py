@@ -19,6 +19,7 @@ from tunedock.settings import Settings
 from tunedock.store.database import prepare_schema, redacted
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+KEEP_ALIVE_SECONDS = 75
 
 
 def run_server(host: str | None, port: int | None, home: Path | None, demo: bool) -> None:
@@ -49,7 +50,10 @@ def run_server(host: str | None, port: int | None, home: Path | None, demo: bool
         raise typer.Exit(1) from None
     app = create_app(settings, on_first_admin=_show_first_admin, on_started=on_started)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            access_log=False, timeout_graceful_shutdown=settings.drain_timeout)
+                            access_log=False, timeout_graceful_shutdown=settings.drain_timeout,
+                            # Longer than clients' pools keep idle connections, so a client never
+                            # reuses one that the server has just closed (a reset on its next request).
+                            timeout_keep_alive=KEEP_ALIVE_SECONDS)
     try:
         uvicorn.Server(config).run()
     finally:
