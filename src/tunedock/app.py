@@ -162,7 +162,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DataError)
     async def on_unstorable_value(request: Request, exc: DataError) -> JSONResponse:
-        logger.warning("the database refused a value of %s %s: %s", request.method, request.url.path, exc.orig)
+        logger.warning("the database rejected a value of %s %s: %s", request.method, request.url.path, exc.orig)
         message = ("A value in the request cannot be stored or searched for, such as text with a NUL character "
                    "(\\u0000) or text longer than its field allows; remove or shorten it.")
         if is_inference(request):

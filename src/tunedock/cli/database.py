@@ -36,7 +36,11 @@ def db_current(home: HomeOption = None) -> None:
     """Print the schema revision of the database and the one this version needs."""
     settings = _settings(home)
     current, head = _revisions(settings.resolved_database_url)
-    state = "up to date" if current == head else "empty" if current is None else "behind"
+    state = "behind"
+    if current == head:
+        state = "up to date"
+    elif current is None:
+        state = "empty"
     typer.echo(f"{redacted(settings.resolved_database_url)}: revision {current or 'none'}, needs {head} ({state})")
 
 

@@ -1,4 +1,4 @@
-"""What accelerators this machine has, read without importing a deep-learning framework."""
+"""The accelerators of this machine, read without importing a deep-learning framework."""
 
 from __future__ import annotations
 

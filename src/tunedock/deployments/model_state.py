@@ -1,4 +1,4 @@
-"""Why a model cannot serve requests right now, in words a caller can act on."""
+"""Reasons a model cannot serve requests right now, in words a caller can act on."""
 
 from __future__ import annotations
 

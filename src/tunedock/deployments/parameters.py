@@ -101,7 +101,7 @@ class DeploymentParameters(_Section):
 
 @dataclass(frozen=True)
 class DeployTarget:
-    """What a deploy's parameters are checked against: the model and this machine."""
+    """The model and machine facts that a deploy's parameters are checked against."""
 
     model_name: str
     context_length: int | None

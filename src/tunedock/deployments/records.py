@@ -32,7 +32,7 @@ class NewDeployment:
 
 @dataclass(frozen=True)
 class Allocation:
-    """What a new deployment row records besides its model and number."""
+    """The fields of a new deployment row besides its model and number."""
 
     parameters: dict[str, Any]
     description: str
@@ -306,7 +306,7 @@ def find_version(database: Database, model_reference: str, version: int) -> Depl
 
 
 def request_cancel(database: Database, job_id: int, username: str) -> Job:
-    """Record who asked to cancel an in-progress deploy job, or say why it cannot be."""
+    """Record who requested to cancel an in-progress deploy job, or raise why it cannot be cancelled."""
     with database.session() as session:
         job = session.get(Job, job_id)
         if job is None:

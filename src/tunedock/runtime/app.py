@@ -99,7 +99,7 @@ def _openai_errors(handler: RouteMethod) -> RouteMethod:
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Request) -> Response:
         if not self.authorized(request):
-            logger.warning("%s %s refused: missing or wrong replica token", request.method, request.url.path)
+            logger.warning("%s %s rejected: missing or invalid replica token", request.method, request.url.path)
             return OrjsonResponse(error_body(AuthenticationFailed(
                 "This model server answers only the Tunedock gateway; call the model through the "
                 "server's /v1 endpoint with an API key.", code="replica_token_required")), status_code=401)
