@@ -26,7 +26,7 @@ from tunedock.api.errors import (
     validation_error_response,
 )
 from tunedock.api.routes import accounts, deployments, models, notifications
-from tunedock.errors import TunedockError
+from tunedock.errors import DATABASE_UNREACHABLE, UNSTORABLE_VALUE, TunedockError
 from tunedock.gateway import routes as inference
 from tunedock.gateway.errors import openai_domain_error_response, openai_error_response
 from tunedock.gateway.forwarder import Gateway
@@ -74,6 +74,7 @@ def create_app(settings: Settings, on_first_admin: FirstAdminCallback | None = N
                   description="Deploy fine-tuned language models as OpenAI-compatible endpoints.")
     _install_error_handlers(app)
     app.add_middleware(AuditTrailMiddleware)
+    app.add_middleware(inference.InferenceShortcut)
     app.include_router(models.router)
     app.include_router(deployments.router)
     app.include_router(accounts.router)
@@ -163,8 +164,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DataError)
     async def on_unstorable_value(request: Request, exc: DataError) -> JSONResponse:
         logger.warning("the database rejected a value of %s %s: %s", request.method, request.url.path, exc.orig)
-        message = ("A value in the request cannot be stored or searched for, such as text with a NUL character "
-                   "(\\u0000) or text longer than its field allows; remove or shorten it.")
+        message = UNSTORABLE_VALUE
         if is_inference(request):
             return openai_error_response(400, message, "invalid_value")
         return JSONResponse(error_body("invalid_value", message), status_code=400)
@@ -172,7 +172,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OperationalError)
     async def on_database_unreachable(request: Request, exc: OperationalError) -> JSONResponse:
         logger.error("database unreachable during %s %s: %s", request.method, request.url.path, exc.orig)
-        message = "The database is unreachable; retry shortly. The server log has details."
+        message = DATABASE_UNREACHABLE
         if is_inference(request):
             return openai_error_response(503, message, "database_unavailable")
         return JSONResponse(error_body("database_unavailable", message), status_code=503)
