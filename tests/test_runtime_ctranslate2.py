@@ -6,14 +6,15 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.test_model_server import (DEMO_GPT2_PATH, DEMO_T5_PATH, REQUEST_TIMEOUT_SECONDS, build_tiny_gpt2,
-                                     build_tiny_t5, held_out_rows, launch_model_server, stop_model_server,
-                                     wait_until_listening)
+from tests.test_model_server import (DEMO_GPT2_PATH, DEMO_T5_PATH, REQUEST_TIMEOUT_SECONDS, ModelServer,
+                                     build_tiny_gpt2, build_tiny_t5, held_out_rows, launch_model_server,
+                                     stop_model_server, wait_until_listening)
 from tests.test_runtime_batching import collect, params, reference_text
 from tests.test_runtime_streaming import SCRIPT, SCRIPT_PROMPT, build_scripted_gpt2
 from tunedock.conversion.converter import convert
@@ -53,12 +54,18 @@ def engines() -> Iterator[list[CTranslate2Engine]]:
         engine.stop()
 
 
-def start_engine(engines: list[CTranslate2Engine], path: Path, model_format: str,
-                 max_batch_size: int = 16) -> CTranslate2Engine:
+def load_engine(engines: list[CTranslate2Engine], path: Path, model_format: str,
+                max_batch_size: int = 16) -> CTranslate2Engine:
     engine = CTranslate2Engine(BatchingOptions(max_batch_size=max_batch_size, max_queue_size=400), threads=1)
     engine.load(path, ModelFormat(model_format), "cpu")
-    engine.start()
     engines.append(engine)
+    return engine
+
+
+def start_engine(engines: list[CTranslate2Engine], path: Path, model_format: str,
+                 max_batch_size: int = 16) -> CTranslate2Engine:
+    engine = load_engine(engines, path, model_format, max_batch_size)
+    engine.start()
     return engine
 
 
@@ -141,12 +148,14 @@ def test_different_seeds_sample_differently(converted: dict[str, Path], engines:
     assert results[0][0] != results[1][0]
 
 
-def test_cancelled_generation_stops(converted: dict[str, Path], engines: list[CTranslate2Engine]) -> None:
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 1.0, "seed": 3}], ids=["greedy", "seeded"])
+def test_cancelled_generation_stops(converted: dict[str, Path], engines: list[CTranslate2Engine],
+                                    sampling: dict[str, float]) -> None:
     engine = start_engine(engines, converted["tiny-t5-float32"], "seq2seq-lm")
 
     async def main() -> None:
         stream = GenerationStream(asyncio.get_running_loop())
-        engine.submit(engine.prepare_completion("hello", params(5000)), stream)
+        engine.submit(engine.prepare_completion("hello", params(5000, **sampling)), stream)
         await stream.next_event()
         stream.cancel()
         while engine.stats()["running"]:
@@ -177,3 +186,94 @@ def test_causal_rows_of_different_prompt_lengths_keep_budget(converted: dict[str
     expected = [reference_text(converted["tiny-gpt2-source"], "causal-lm", prompt, 20) for prompt in prompts]
     assert [text for text, _ in results] == expected
     assert [finished.completion_tokens for _, finished in results] == [20, 20]
+
+
+# --- seeds on the demo models ---------------------------------------------------------------
+
+# Inputs that are not dates, where the demo models spread probability over several tokens.
+UNSURE_INPUTS = ["hello there, friend", "the fourth of July", "tomorrow at noon"]
+SAMPLED = {"temperature": 1.5, "seed": 7}
+# Requests that share the batch with the seeded one: greedy, unseeded, other seeds, other filters.
+COMPANY = [{"temperature": 0}, {"temperature": 1.5}, {"temperature": 1.5, "seed": 8},
+           {"temperature": 0.7, "top_k": 5}, {"temperature": 1.5, "top_p": 0.9, "seed": 7}]
+
+
+@pytest.fixture(scope="module")
+def demo_servers(converted: dict[str, Path],
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ModelServer]]:
+    """Start model servers on the int8 demo models that wait up to 100 ms after a request for others."""
+    root = tmp_path_factory.mktemp("ctranslate2-servers")
+    started = {name: launch_model_server(converted[f"{name}-int8"], model_format, root / name, "--engine",
+                                         "ctranslate2", "--batch-wait-ms", "100")
+               for name, model_format, _ in DEMO_MODELS}
+    try:
+        for server in started.values():
+            wait_until_listening(server)
+        yield started
+    finally:
+        for server in started.values():
+            stop_model_server(server)
+
+
+def complete_text(server: ModelServer, prompt: str, **fields: object) -> str:
+    response = server.post("/v1/completions", {"prompt": prompt, "max_tokens": 16, **fields})
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["text"]
+
+
+@pytest.mark.parametrize(("name", "model_format", "prompt_format"), DEMO_MODELS, ids=["gpt2", "t5"])
+def test_seed_repeats_over_http(demo_servers: dict[str, ModelServer], name: str, model_format: str,
+                                prompt_format: str) -> None:
+    prompts = [prompt_format.format(text) for text in UNSURE_INPUTS]
+    first = [complete_text(demo_servers[name], prompt, **SAMPLED) for prompt in prompts]
+    second = [complete_text(demo_servers[name], prompt, **SAMPLED) for prompt in prompts]
+    assert first == second
+
+
+@pytest.mark.parametrize(("name", "model_format", "prompt_format"), DEMO_MODELS, ids=["gpt2", "t5"])
+def test_seed_ignores_concurrent_requests(demo_servers: dict[str, ModelServer], name: str, model_format: str,
+                                          prompt_format: str) -> None:
+    server = demo_servers[name]
+    prompt = prompt_format.format(UNSURE_INPUTS[0])
+    alone = complete_text(server, prompt, **SAMPLED)
+    with ThreadPoolExecutor(len(COMPANY) + 1) as pool:
+        together = pool.submit(complete_text, server, prompt, **SAMPLED)
+        company = [pool.submit(complete_text, server,
+                               prompt_format.format(UNSURE_INPUTS[index % len(UNSURE_INPUTS)]), **fields)
+                   for index, fields in enumerate(COMPANY)]
+    for future in company:
+        future.result()  # Raises the failure of a request that shared the batch.
+    assert together.result() == alone
+
+
+@pytest.mark.parametrize(("name", "model_format", "prompt_format"), DEMO_MODELS, ids=["gpt2", "t5"])
+def test_different_seeds_differ_over_http(demo_servers: dict[str, ModelServer], name: str, model_format: str,
+                                          prompt_format: str) -> None:
+    # The sampled text is a function of the seed, so this test compares two fixed results and cannot flake.
+    prompts = [prompt_format.format(text) for text in UNSURE_INPUTS]
+    first = [complete_text(demo_servers[name], prompt, temperature=1.0, seed=1) for prompt in prompts]
+    second = [complete_text(demo_servers[name], prompt, temperature=1.0, seed=2) for prompt in prompts]
+    assert first != second
+
+
+@pytest.mark.parametrize(("name", "model_format", "prompt_format"), DEMO_MODELS, ids=["gpt2", "t5"])
+def test_seeded_request_ignores_batch_company(converted: dict[str, Path], engines: list[CTranslate2Engine],
+                                              name: str, model_format: str, prompt_format: str) -> None:
+    engine = load_engine(engines, converted[f"{name}-float32"], model_format)
+    seeded = engine.prepare_completion(prompt_format.format(UNSURE_INPUTS[0]), params(16, temperature=1.5, seed=7))
+    company = [engine.prepare_completion(prompt_format.format(UNSURE_INPUTS[index % len(UNSURE_INPUTS)]),
+                                         params(16, **fields))
+               for index, fields in enumerate(COMPANY)]
+
+    async def main() -> tuple[str, GenerationFinished]:
+        # Queued before the worker starts, all of them are taken in its first batch.
+        streams = [GenerationStream(asyncio.get_running_loop()) for _ in range(len(company) + 1)]
+        for prepared, stream in zip([seeded, *company], streams):
+            engine.submit(prepared, stream)
+        engine.start()
+        results = await asyncio.gather(*(collect(stream) for stream in streams))
+        return results[0]
+
+    together = asyncio.run(main())
+    [alone] = generate(engine, [seeded])
+    assert together[0] == alone[0]

@@ -15,11 +15,17 @@ stops a row as soon as that row is finished or its client went away, so a row ne
 waits for the longest one in its call. Requests that arrive while a call runs wait for
 the next one: CTranslate2 cannot add rows to a running call.
 
-Seeds: CTranslate2 seeds its random generators once per worker thread, so a seed cannot
-be applied to one call. A sampled request with a ``seed`` therefore runs alone, with the
-engine's own sampler (the one of the transformers engine, in numpy) over the logits of
-``forward_batch``. NOTE: that path computes the whole sequence again at each step,
-which costs time quadratic in its length.
+Seeds: CTranslate2's own sampling takes no seed per call (``ctranslate2.set_random_seed``
+applies to the whole process), so it cannot repeat one request's seed. A sampled request
+with a ``seed`` therefore runs alone, and the engine draws each token with numpy
+(``numpy_sampling``, the transformers engine's filters) from a generator seeded by the
+request, over the logits that CTranslate2 returns at each step. The call that computes
+those logits decodes greedily. While the drawn token equals CTranslate2's greedy token,
+the call goes on. At the first token that differs, the callback stops the call, and the
+next call starts from the tokens drawn so far, as a longer prompt for causal models or a
+target prefix for seq2seq models. The requests taken with it therefore cannot change its
+text. NOTE: each new call computes the prompt and the drawn tokens again, so a request
+whose draws often differ from the greedy token costs time up to quadratic in its length.
 """
 
 from __future__ import annotations
@@ -134,9 +140,7 @@ class CTranslate2Engine(BatchingEngine):
             self._close(sequence)
 
     def _generate(self, group: list[SequenceOutput]) -> None:
-        tokenizer = self._fast_tokenizer()
-        prompts = [[tokenizer.id_to_token(token_id) or "" for token_id in sequence.prepared.prompt_ids]
-                   for sequence in group]
+        prompts = [self._token_strings(sequence.prepared.prompt_ids) for sequence in group]
         top_k, top_p, temperature = _sampling_key(group[0])
         max_new_tokens = max(sequence.prepared.max_new_tokens for sequence in group)
         steps = {"decoding_steps": 0}
@@ -161,18 +165,49 @@ class CTranslate2Engine(BatchingEngine):
         self.counters.decoding_steps += steps["decoding_steps"]
 
     def _sample_seeded(self, sequence: SequenceOutput) -> None:
-        if self._format is not ModelFormat.CAUSAL_LM:
-            self._generate([sequence])
-            return
         rng = np.random.default_rng(sequence.prepared.params.seed % 2**64)
-        token_ids = list(sequence.prepared.prompt_ids)
         while not sequence.done:
-            logits = np.asarray(self._model.forward_batch([token_ids]))[0, -1]
-            token = sample_token(logits, sequence.prepared.params, rng)
+            if self._continue_seeded(sequence, rng) == 0:
+                # CTranslate2 ended the call without a step, so _close() ends the request at a length limit.
+                return
+
+    def _continue_seeded(self, sequence: SequenceOutput, rng: np.random.Generator) -> int:
+        """Draw the next tokens of ``sequence`` in one greedy call and return how many it drew.
+
+        The call stops after the first drawn token that differs from CTranslate2's greedy
+        token, because CTranslate2 would feed its own token to the next step.
+        """
+        params = sequence.prepared.params
+        drawn = self._token_strings(sequence.token_ids)
+        # The translator decodes the target prefix again as its first steps, and counts them in its length.
+        replayed = len(drawn) if self._format is ModelFormat.SEQ2SEQ_LM else 0
+        remaining = sequence.prepared.max_new_tokens - len(sequence.token_ids)
+        count = {"drawn": 0}
+
+        def on_step(step: Any) -> bool:
+            if step.step < replayed:
+                return False
+            if sequence.done:
+                return True
+            token = sample_token(_host_row(step.logits), params, rng)
+            count["drawn"] += 1
             self.counters.decoding_steps += 1
             self.counters.generated_tokens += 1
-            sequence.add(token)
-            token_ids.append(token)
+            return sequence.add(token) or sequence.cancelled or token != step.token_id
+
+        # A minimum length of 0 keeps the end token's logit, which translate_batch's default of 1 masks at step 0.
+        options = {"beam_size": 1, "sampling_topk": 1, "return_logits_vocab": True,
+                   "end_token": sorted(self._end_token_ids) or None, "callback": on_step}
+        if self._format is ModelFormat.CAUSAL_LM:
+            prompt = self._token_strings(sequence.prepared.prompt_ids) + drawn
+            self._model.generate_batch([prompt], max_length=remaining, min_length=0,
+                                       include_prompt_in_result=False, **options)
+        else:
+            source = self._token_strings(sequence.prepared.prompt_ids)
+            self._model.translate_batch([source], target_prefix=[drawn] if drawn else None,
+                                        max_decoding_length=replayed + remaining, min_decoding_length=0,
+                                        max_input_length=0, **options)
+        return count["drawn"]
 
     def _close(self, sequence: SequenceOutput) -> None:
         if sequence.finished:
@@ -188,6 +223,20 @@ class CTranslate2Engine(BatchingEngine):
     def _fast_tokenizer(self) -> FastTokenizer:
         assert isinstance(self._tokenizer, FastTokenizer)
         return self._tokenizer
+
+    def _token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        """Return the vocabulary strings that CTranslate2 takes as input for ``token_ids``."""
+        tokenizer = self._fast_tokenizer()
+        return [tokenizer.id_to_token(token_id) or "" for token_id in token_ids]
+
+
+def _host_row(logits: Any) -> np.ndarray:
+    """Return row 0 of a step's logits (batch, vocabulary) as a float32 array in host memory."""
+    import ctranslate2
+
+    if logits.device != "cpu" or logits.dtype != ctranslate2.DataType.float32:
+        logits = logits.to(ctranslate2.DataType.float32).to_device(ctranslate2.Device.cpu)
+    return np.asarray(logits)[0]
 
 
 def _sampling_key(sequence: SequenceOutput) -> tuple[int, float, float]:
