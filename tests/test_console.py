@@ -221,8 +221,8 @@ def first_deploy(page: Page, registered: dict[str, Any], shots: Path) -> dict[st
     open_model_tab(page, "Deploy")
     screenshot(page, shots, "05-deploy-form")
     temperature_range = page.locator("#hint-field-generation-temperature").inner_text()
-    # int8 passes the form but not the engine check (transformers on cpu runs only "none"), so the server
-    # marks the field.
+    # int8 passes the form but not the engine check (transformers on cpu runs none, float32 and bfloat16),
+    # so the server marks the field.
     page.get_by_label("Quantization").select_option("int8")
     page.get_by_role("button", name="Deploy").click()
     quantization_error = page.locator("#error-field-optimization-quantization").inner_text()

@@ -83,3 +83,28 @@ def test_stream_arrives_in_several_chunks(ct2: dict[str, Any], inference: openai
     chunks = list(inference.completions.create(model=ct2["model"]["slug"], prompt=PROMPT, max_tokens=16,
                                                stream=True))
     assert len(chunks) > 2
+
+
+@pytest.fixture(scope="module")
+def bfloat16(api: httpx.Client, server: ServerProcess) -> dict[str, Any]:
+    """The T5 demo model deployed on transformers with its weights loaded in bfloat16."""
+    target = server.home / "models" / "bf16-t5"
+    shutil.copytree(demo_models_root() / "date-normalizer-t5", target)
+    model = api.post("/api/models", json={"name": "BF16 T5", "path": str(target)}).json()
+    body = {"optimization": {"engine": "transformers", "quantization": "bfloat16"}, "generation": {"temperature": 0}}
+    return {"model": model, "job": deploy_and_wait(api, model["slug"], body)}
+
+
+def test_bfloat16_deploy_succeeds(bfloat16: dict[str, Any]) -> None:
+    assert bfloat16["job"]["status"] == "success"
+
+
+def test_bfloat16_answers_correctly(bfloat16: dict[str, Any], inference: openai.OpenAI) -> None:
+    completion = inference.completions.create(model=bfloat16["model"]["slug"], prompt=PROMPT, max_tokens=16)
+    assert completion.choices[0].text == "2021-03-05"
+
+
+def test_int8_on_transformers_is_refused(api: httpx.Client, bfloat16: dict[str, Any]) -> None:
+    response = api.post(f"/api/models/{bfloat16['model']['slug']}/deployments",
+                        json={"optimization": {"engine": "transformers", "quantization": "int8"}})
+    assert response.json()["error"]["details"]["fields"][0]["field"] == "optimization.quantization"

@@ -130,8 +130,11 @@ def deploy(
     threads: Annotated[int | None, typer.Option(help="CPU threads per replica.")] = None,
     engine: Annotated[str | None, typer.Option(help="transformers, ctranslate2 or vllm.")] = None,
     quantization: Annotated[str | None, typer.Option(
-        help="Weight quantization: none; with --engine ctranslate2 also int8, int8_float32, int16 or float32 "
-             "(CPU) and int8_float16, float16 or bfloat16 (CUDA). The engine must "
+        help="Weight quantization: none (the stored precision, but float32 with --engine transformers on CPU). "
+             "With --engine transformers also float32 or bfloat16, and float16 on CUDA. bfloat16 halves the "
+             "memory of float32 weights but may run slower on CPUs without native bfloat16 support. "
+             "With --engine ctranslate2 also int8, int8_float32, int16 "
+             "or float32 (CPU) and int8_float16, float16 or bfloat16 (CUDA). The engine must "
              "support it on the device.")] = None,
     description: Annotated[str, typer.Option(help="What this version changes.")] = "",
     wait: WaitOption = False,

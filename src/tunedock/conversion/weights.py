@@ -32,6 +32,10 @@ from tunedock.runtime.engines.converted_weights import MANIFEST_FILE
 logger = logging.getLogger(__name__)
 
 CTRANSLATE2_FORMATS = ("causal-lm", "seq2seq-lm")
+# Deploy quantization values the transformers engine runs, by device type: the torch dtype
+# its weights load in, or "none" for float32 on a CPU and the stored dtype on CUDA.
+TRANSFORMERS_QUANTIZATIONS = {"cpu": ("none", "float32", "bfloat16"),
+                              "cuda": ("none", "float32", "float16", "bfloat16")}
 # Deploy quantization values the ctranslate2 engine runs; "none" keeps the stored precision.
 CTRANSLATE2_QUANTIZATIONS = ("none", "int8", "int8_float32", "int16", "float32", "int8_float16", "float16",
                              "int8_bfloat16", "bfloat16")
@@ -79,9 +83,10 @@ def prepare_weights(model_path: str | Path, model_format: str, engine: str, quan
 
 def _check_request(model_format: str, engine: str, quantization: str, device: str) -> None:
     if engine == "transformers":
-        if quantization != "none":
-            raise ConversionFailed(f"The transformers engine runs weights as stored; quantization "
-                                   f"{quantization!r} needs the ctranslate2 engine.")
+        allowed = TRANSFORMERS_QUANTIZATIONS.get(device.partition(":")[0], ("none",))
+        if quantization not in allowed:
+            raise ConversionFailed(f"The transformers engine on {device} runs quantization {', '.join(allowed)}, "
+                                   f"not {quantization!r}; choose one of those or the ctranslate2 engine.")
         return
     if engine != "ctranslate2":
         raise ConversionFailed(f"Engine {engine!r} has no weights preparation; use transformers or ctranslate2.")

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from tunedock.conversion.weights import TRANSFORMERS_QUANTIZATIONS
 from tunedock.errors import InvalidParameters
 
 ENGINES = ("transformers", "ctranslate2", "vllm")
@@ -20,10 +21,12 @@ MAX_STOP_SEQUENCES = 4
 QUANTIZATIONS = ("none", "int8", "int8_float32", "int16", "float32", "int8_float16", "float16", "bfloat16", "awq",
                  "gptq")
 # What each available engine runs, by device type: its weights are never changed silently.
-# ctranslate2 "none" keeps the stored precision. Not every CPU or GPU runs every type
-# (int16 or bfloat16, say), so the conversion at deploy time checks this machine again.
+# "none" keeps the stored precision, except that transformers on CPU loads float32. The
+# other transformers values are the torch dtype the weights load in. Not every CPU or GPU
+# runs every ctranslate2 type (int16 or bfloat16, say), so the conversion at deploy time
+# checks this machine again.
 SUPPORTED_QUANTIZATION: dict[str, dict[str, tuple[str, ...]]] = {
-    "transformers": {"cpu": ("none",), "cuda": ("none",)},
+    "transformers": TRANSFORMERS_QUANTIZATIONS,
     "ctranslate2": {"cpu": ("none", "int8", "int8_float32", "int16", "float32"),
                     "cuda": ("none", "int8", "int8_float32", "int8_float16", "float16", "bfloat16", "float32")},
 }
@@ -78,8 +81,11 @@ class Optimization(_Section):
     engine: Literal["transformers", "ctranslate2", "vllm"] = "transformers"
     quantization: Literal["none", "int8", "int8_float32", "int16", "float32", "int8_float16", "float16", "bfloat16",
                           "awq", "gptq"] = Field(
-        default="none", description="Quantization of the weights; `none` runs them as stored. The ctranslate2 "
-        "engine converts them at deploy time."
+        default="none", description="Quantization of the weights; `none` runs them as stored, except that the "
+        "transformers engine on CPU loads them as float32. The transformers engine also loads them as float32 or "
+        "bfloat16, and on CUDA as float16. bfloat16 halves the memory of float32 weights, and on a CPU without "
+        "native bfloat16 support it may run slower than float32. The ctranslate2 engine converts them at deploy "
+        "time."
     )
 
     @field_validator("engine")

@@ -110,9 +110,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: %(default)s).")
     parser.add_argument("--engine", default="transformers", help="Inference engine: transformers or "
                                                                   "ctranslate2 (default: %(default)s).")
-    parser.add_argument("--quantization", help="ctranslate2 compute type, such as int8 or float32 (default: the "
-                                               "type the weights were converted to); the transformers engine "
-                                               "accepts only 'none'.")
+    parser.add_argument("--quantization",
+                        help="For the ctranslate2 engine, the compute type, such as int8 or float32 (default: "
+                             "the type the weights were converted to). For the transformers engine, the dtype "
+                             "to load the weights in: float32, bfloat16, float16 (CUDA only), or none for the "
+                             "stored dtype on CUDA and float32 on CPU (default: none).")
     parser.add_argument("--device", default="cpu", help="Device: cpu, cuda or cuda:<index> (default: cpu).")
     parser.add_argument("--threads", type=_positive_int,
                         help="CPU threads for model operations (default: the engine's choice).")

@@ -12,18 +12,16 @@ def create_engine(name: str, options: BatchingOptions, threads: int | None = Non
                   compute_type: str | None = None) -> Engine:
     """Create the engine called ``name``, or raise ModelLoadFailed if this build lacks it.
 
-    ``compute_type`` is the ctranslate2 engine's quantization; the transformers engine
-    runs the weights as stored and rejects any other value.
+    ``compute_type`` is the deployment's quantization: a CTranslate2 compute type for the
+    ctranslate2 engine, and the torch dtype to load the weights in for the transformers
+    engine, whose ``load`` raises ModelLoadFailed when the device cannot run it.
     """
     # Each engine is imported only when chosen: transformers brings torch, which takes
     # seconds to import, and the ctranslate2 engine's process must not load torch at all.
     if name == "transformers":
-        if compute_type not in (None, "none"):
-            raise ModelLoadFailed(f"the transformers engine runs weights as stored; quantization "
-                                  f"{compute_type!r} is not supported by it, use 'none'")
         from tunedock.runtime.engines.transformers_engine import TransformersEngine
 
-        return TransformersEngine(options, threads=threads)
+        return TransformersEngine(options, threads=threads, quantization=compute_type)
     if name == "ctranslate2":
         from tunedock.runtime.engines.ctranslate2_engine import CTranslate2Engine
 

@@ -32,7 +32,8 @@ from tunedock.runtime.engines.tokenization import TransformersTokenizer
 from tunedock.runtime.engines.transformers_batching import (CausalStepModel, Seq2SeqStepModel,
                                                             supports_batching)
 from tunedock.runtime.engines.transformers_loading import (check_model_directory, context_length,
-                                                           load_tokenizer_and_model, resolve_device)
+                                                           load_tokenizer_and_model, resolve_device,
+                                                           resolve_dtype)
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,18 @@ _UNAPPLIED_GENERATION_SETTINGS = {
 
 
 class TransformersEngine(BatchingEngine):
-    """Serves one causal-lm, seq2seq-lm or embedding model loaded with transformers."""
+    """Serves one causal-lm, seq2seq-lm or embedding model loaded with transformers.
 
-    def __init__(self, options: BatchingOptions | None = None, threads: int | None = None) -> None:
+    ``quantization`` is the dtype the weights load in: ``float32``, ``bfloat16``, ``float16``
+    (CUDA only), or ``none`` (the default) for the stored dtype, which is float32 on CPU.
+    """
+
+    def __init__(self, options: BatchingOptions | None = None, threads: int | None = None,
+                 quantization: str | None = None) -> None:
         super().__init__(options or BatchingOptions())
         if threads is not None:
             torch.set_num_threads(threads)
+        self._quantization = quantization
         self._model: PreTrainedModel | None = None
         self._device = torch.device("cpu")
         self._pooling = PoolingConfig()
@@ -58,10 +65,11 @@ class TransformersEngine(BatchingEngine):
 
     def load(self, model_path: Path, model_format: ModelFormat, device: str) -> None:
         self._device = resolve_device(device)
+        dtype = resolve_dtype(self._quantization, self._device)
         check_model_directory(model_path)
         if model_format is ModelFormat.EMBEDDING:
             self._pooling = read_pooling_config(model_path)
-        tokenizer, self._model = load_tokenizer_and_model(model_path, model_format, self._device)
+        tokenizer, self._model = load_tokenizer_and_model(model_path, model_format, self._device, dtype)
         self._tokenizer = TransformersTokenizer(tokenizer)
         self._format = model_format
         self._context_length = context_length(self._model, tokenizer, self._pooling.max_seq_length)
@@ -71,9 +79,9 @@ class TransformersEngine(BatchingEngine):
             self._chat_template = load_chat_template(model_path)
             _warn_unapplied_settings(self._model)
             self._limit_batch_size(self._model)
-        logger.info("Model %s (%s) on %s: context length %s tokens, %d threads",
-                    type(self._model).__name__, model_format, self._device,
-                    self._context_length or "unlimited", torch.get_num_threads())
+        logger.info("Model %s (%s) on %s: dtype %s (quantization %s), context length %s tokens, %d threads",
+                    type(self._model).__name__, model_format, self._device, _dtype_name(self._model.dtype),
+                    self._quantization or "none", self._context_length or "unlimited", torch.get_num_threads())
 
     def _generation_loop(self) -> Callable[[], None]:
         model = self._loaded_model()
@@ -106,6 +114,10 @@ class TransformersEngine(BatchingEngine):
         if self._model is None:
             raise RuntimeError("TransformersEngine.load() has not been called")
         return self._model
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _eos_token_ids(model: PreTrainedModel, tokenizer: Any) -> frozenset[int]:

@@ -19,6 +19,12 @@ from tunedock.runtime.engines.base import ModelFormat, ModelLoadFailed, describe
 
 logger = logging.getLogger(__name__)
 
+# Deploy quantization values that the transformers engine runs, as the dtype the weights load in.
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# float16 matmuls on CPU are slow or missing in PyTorch. bfloat16 also runs on CPUs without
+# native bfloat16 instructions (AVX512-BF16, AMX), but there it may be slower than float32.
+_DEVICE_QUANTIZATIONS = {"cpu": ("none", "float32", "bfloat16"), "cuda": ("none", "float32", "float16", "bfloat16")}
+
 _MODEL_CLASSES = {
     ModelFormat.CAUSAL_LM: AutoModelForCausalLM,
     ModelFormat.SEQ2SEQ_LM: AutoModelForSeq2SeqLM,
@@ -50,12 +56,29 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_tokenizer_and_model(model_path: Path, model_format: ModelFormat,
-                             device: torch.device) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-    """Load the tokenizer and the model for ``model_format`` from ``model_path`` onto ``device``."""
+def resolve_dtype(quantization: str | None, device: torch.device) -> torch.dtype | str:
+    """Return the ``dtype`` argument of ``from_pretrained`` for a deployment's quantization on ``device``.
+
+    ``None`` and ``"none"`` give ``"auto"`` (the stored dtype) on CUDA, and float32 on CPU
+    because half-precision weights would run slowly there.
+    """
+    name = quantization or "none"
+    supported = _DEVICE_QUANTIZATIONS[device.type]
+    if name not in supported:
+        raise ModelLoadFailed(f"quantization {name!r} is not supported by the transformers engine on "
+                              f"{device.type}; use one of {', '.join(supported)}")
+    if name != "none":
+        return _TORCH_DTYPES[name]
+    return torch.float32 if device.type == "cpu" else "auto"
+
+
+def load_tokenizer_and_model(model_path: Path, model_format: ModelFormat, device: torch.device,
+                             dtype: torch.dtype | str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """Load the tokenizer and the model for ``model_format`` from ``model_path`` onto ``device``.
+
+    ``dtype`` is passed to ``from_pretrained``: a torch dtype, or ``"auto"`` for the stored one.
+    """
     model_type = _read_model_type(model_path)
-    # float32 on CPU, because half-precision matmuls are slow or missing there.
-    dtype: torch.dtype | str = torch.float32 if device.type == "cpu" else "auto"
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         model, loading_info = _MODEL_CLASSES[model_format].from_pretrained(
