@@ -67,6 +67,7 @@ TARGET_LABELS = {
     "litellm": "LiteLLM proxy",
 }
 MODES = ("json", "stream")
+STAND_IN_KINDS = ("asyncio", "uvicorn")
 SERVER_START_TIMEOUT = 120.0
 SERVER_STOP_TIMEOUT = 10.0
 # wrk counts a request that takes longer than this as a timeout error.
@@ -217,6 +218,74 @@ def serve_stand_in(port: int) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serve())
+
+
+def stand_in_events(chat: bool) -> list[bytes]:
+    """Return the server-sent events of ``stream_reply`` one by one, without the chunked framing."""
+    reply = stream_reply(chat)
+    events = []
+    framed = reply.split(b"\r\n\r\n", 1)[1]
+    while framed:
+        size_text, _, rest = framed.partition(b"\r\n")
+        size = int(size_text, 16)
+        if size == 0:
+            break
+        events.append(rest[:size])
+        framed = rest[size + 2:]
+    return events
+
+
+async def stand_in_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Serve the stand-in's responses as a bare ASGI application, the HTTP layer of a replica under uvicorn."""
+    if scope["type"] != "http":
+        return
+
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+
+    path = scope["path"]
+    if scope["method"] == "GET" and path == "/health":
+        await send_whole(send, 200, b'{"status":"ok"}', b"application/json")
+        return
+    if scope["method"] != "POST" or path not in (COMPLETIONS_PATH, CHAT_PATH):
+        await send_whole(send, 404, b"{}", b"application/json")
+        return
+    try:
+        stream = json.loads(b"".join(chunks)).get("stream") is True
+    except (ValueError, AttributeError):
+        stream = False
+
+    chat = path == CHAT_PATH
+    if not stream:
+        reply = chat_reply() if chat else completion_reply()
+        await send_whole(send, 200, reply.split(b"\r\n\r\n", 1)[1], b"application/json")
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+    for event in STAND_IN_EVENTS[chat]:
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def send_whole(send: Any, status: int, body: bytes, content_type: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+STAND_IN_EVENTS = {False: stand_in_events(chat=False), True: stand_in_events(chat=True)}
+
+
+def serve_uvicorn_stand_in(port: int) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(stand_in_asgi, host=HOST, port=port, log_config=None, access_log=False,
+                            lifespan="off", backlog=1024)
+    uvicorn.Server(config).run()
 
 
 # Tunedock gateway -----------------------------------------------------------------------------
@@ -403,8 +472,8 @@ def running_servers(options: Options) -> Iterator[dict[str, Server]]:
         work_dir.mkdir(parents=True, exist_ok=True)
         python = [sys.executable, "-m", "bench.gateway"]
         stand_in_port = free_port()
-        servers = {"direct": start_server(stack, "stand-in", [*python, "stand-in", "--port", str(stand_in_port)],
-                                          stand_in_port, work_dir)}
+        servers = {"direct": start_server(stack, "stand-in", [*python, "stand-in", "--port", str(stand_in_port),
+                                                              "--kind", options.stand_in], stand_in_port, work_dir)}
         stand_in_url = servers["direct"].url
         port = free_port()
         servers["tunedock"] = start_server(
@@ -556,7 +625,8 @@ def describe_machine(options: Options) -> list[str]:
     lines = [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
              f"- machine: {platform.machine()}, {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), "
              f"load average before the run {', '.join(f'{value:.2f}' for value in os.getloadavg())}",
-             f"- Python {platform.python_version()}; {versions}; {wrk_version.split(' Copyright')[0]}"]
+             f"- Python {platform.python_version()}; {versions}; {wrk_version.split(' Copyright')[0]}",
+             f"- stand-in: {options.stand_in}"]
     if options.litellm is not None:
         litellm_python = Path(options.litellm).with_name("python")
         version = subprocess.run([str(litellm_python), "-c", "import importlib.metadata as m; "
@@ -575,6 +645,7 @@ class Options:
     litellm: str | None
     log_dir: Path | None
     tunedock_log_level: str
+    stand_in: str = "asyncio"
 
 
 def positive_float(text: str) -> float:
@@ -606,6 +677,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="Keep the servers' logs and the Tunedock store in this directory "
                              "(default: a temporary directory, removed at the end).")
+    parser.add_argument("--stand-in", choices=STAND_IN_KINDS, default="asyncio",
+                        help="The stand-in replica: raw asyncio with httptools (asyncio), or a bare ASGI "
+                             "application under uvicorn, the HTTP layer of a real replica (default: asyncio).")
     parser.add_argument("--tunedock-log-level", default="INFO", choices=("INFO", "WARNING"),
                         help="Log level of the Tunedock server. At INFO, the server's default, it writes "
                              "an access-log line per request (default: INFO).")
@@ -614,6 +688,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command")
     stand_in = commands.add_parser("stand-in", help="Serve the stand-in replica.")
     stand_in.add_argument("--port", type=int, required=True)
+    stand_in.add_argument("--kind", choices=STAND_IN_KINDS, default="asyncio")
 
     tunedock = commands.add_parser("tunedock", help="Serve the Tunedock gateway.")
     tunedock.add_argument("--port", type=int, required=True)
@@ -635,7 +710,10 @@ def exit_on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     if arguments.command == "stand-in":
-        serve_stand_in(arguments.port)
+        if arguments.kind == "uvicorn":
+            serve_uvicorn_stand_in(arguments.port)
+        else:
+            serve_stand_in(arguments.port)
         return 0
     if arguments.command == "tunedock":
         serve_tunedock(arguments.port, arguments.upstream_port, arguments.home, arguments.log_level)
@@ -652,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     options = Options(duration=arguments.duration, warmup=arguments.warmup, concurrencies=arguments.concurrency,
                       litellm=arguments.litellm, log_dir=arguments.log_dir,
-                      tunedock_log_level=arguments.tunedock_log_level)
+                      tunedock_log_level=arguments.tunedock_log_level, stand_in=arguments.stand_in)
     machine = describe_machine(options)
     started = time.monotonic()
     measurements = run_benchmark(options)

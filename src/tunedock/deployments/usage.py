@@ -19,6 +19,17 @@ class DeploymentUsage:
     latency_buckets: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Series:
+    """The metric children of one model, deployment, route and status."""
+
+    requests: Counter
+    latency: Histogram
+    errors: Counter
+    prompt_tokens: Counter
+    completion_tokens: Counter
+
+
 class InferenceMetrics:
     """Counts requests, errors, tokens and latency per model and deployment."""
 
@@ -34,26 +45,40 @@ class InferenceMetrics:
         self._latency = Histogram("tunedock_inference_latency_seconds", "Time from request to full response.",
                                   labels, buckets=LATENCY_BUCKETS, registry=self.registry)
         self._usage: dict[int, DeploymentUsage] = {}
+        # The labelled children, looked up once per label set rather than on every request.
+        self._series: dict[tuple[str, str, str, int], _Series] = {}
 
     def observe(self, model: str, deployment_id: int, deployment_name: str, route: str, status: int,
                 seconds: float, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
-        labels = (model, deployment_name)
-        self._requests.labels(*labels, route, str(status)).inc()
-        self._latency.labels(*labels).observe(seconds)
-        usage = self._usage.setdefault(deployment_id, DeploymentUsage())
+        series = self._series.get((model, deployment_name, route, status))
+        if series is None:
+            series = self._series[(model, deployment_name, route, status)] = self._new_series(
+                model, deployment_name, route, status)
+        series.requests.inc()
+        series.latency.observe(seconds)
+        usage = self._usage.get(deployment_id)
+        if usage is None:
+            usage = self._usage[deployment_id] = DeploymentUsage()
         usage.requests += 1
         usage.latency_seconds_total += seconds
         bucket = next((f"le_{bound:g}" for bound in LATENCY_BUCKETS if seconds <= bound), "le_inf")
         usage.latency_buckets[bucket] = usage.latency_buckets.get(bucket, 0) + 1
         if status >= 400:
-            self._errors.labels(*labels).inc()
+            series.errors.inc()
             usage.errors += 1
         if prompt_tokens:
-            self._tokens.labels(*labels, "prompt").inc(prompt_tokens)
+            series.prompt_tokens.inc(prompt_tokens)
             usage.prompt_tokens += prompt_tokens
         if completion_tokens:
-            self._tokens.labels(*labels, "completion").inc(completion_tokens)
+            series.completion_tokens.inc(completion_tokens)
             usage.completion_tokens += completion_tokens
+
+    def _new_series(self, model: str, deployment_name: str, route: str, status: int) -> _Series:
+        labels = (model, deployment_name)
+        return _Series(requests=self._requests.labels(*labels, route, str(status)),
+                       latency=self._latency.labels(*labels), errors=self._errors.labels(*labels),
+                       prompt_tokens=self._tokens.labels(*labels, "prompt"),
+                       completion_tokens=self._tokens.labels(*labels, "completion"))
 
     def usage(self, deployment_id: int) -> DeploymentUsage:
         """Totals since this server process started."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from tunedock.deployments.routing import Route
 from tunedock.errors import NotFound
@@ -32,25 +32,6 @@ class ForwardedCall(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.gateway.handle(scope, receive, send, self.route_name)
-
-
-class InferenceShortcut:
-    """ASGI middleware that hands the forwarded routes to the gateway before any routing.
-
-    The routes below stay in the application for its schema and respond the same way. The
-    shortcut saves each inference request the framework's routing and request handling.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            route_name = FORWARDED.get(scope["path"])
-            if route_name is not None:
-                await scope["app"].state.gateway.handle(scope, receive, send, route_name)
-                return
-        await self.app(scope, receive, send)
 
 
 @router.post("/completions")
