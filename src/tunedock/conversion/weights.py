@@ -47,7 +47,8 @@ ProgressCallback = Callable[[str], None]
 
 def prepare_weights(model_path: str | Path, model_format: str, engine: str, quantization: str,
                     cache_dir: str | Path, on_progress: ProgressCallback | None = None,
-                    device: str = "cpu", base_model_path: str | Path | None = None) -> Path:
+                    device: str = "cpu", base_model_path: str | Path | None = None,
+                    files_hash: str | None = None) -> Path:
     """Return the directory the model server of ``engine`` loads, converting the weights if needed.
 
     Blocks for as long as a conversion takes, so call it from a worker thread.
@@ -57,6 +58,8 @@ def prepare_weights(model_path: str | Path, model_format: str, engine: str, quan
 
     A LoRA adapter directory is first merged into its base, ``base_model_path``, and the
     merged directory (cached under ``cache_dir`` too) is then prepared like a full model.
+    ``files_hash`` is the ``directory_hash`` of ``model_path`` when the caller has it, so
+    that large weights are not read twice.
     """
     report = on_progress or (lambda message: None)
     source = Path(model_path).resolve()
@@ -66,11 +69,13 @@ def prepare_weights(model_path: str | Path, model_format: str, engine: str, quan
             raise ConversionFailed(f"{source} is a LoRA adapter, and no base model directory was given to "
                                    "merge it into; register the adapter with its base model.")
         source = merge_adapter(source, Path(base_model_path).resolve(), model_format, Path(cache_dir), report)
+        files_hash = None
     if engine == "transformers":
         return source
 
-    report(f"Hashing the model files in {source}")
-    files_hash = directory_hash(source)
+    if files_hash is None:
+        report(f"Hashing the model files in {source}")
+        files_hash = directory_hash(source)
     target = Path(cache_dir) / _cache_name(files_hash, quantization)
     target.parent.mkdir(parents=True, exist_ok=True)
     with locked(target.with_name(target.name + ".lock")):

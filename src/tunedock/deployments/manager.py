@@ -203,14 +203,14 @@ class DeploymentManager:
         files_hash = await asyncio.to_thread(directory_hash, model.source_path)
         await asyncio.to_thread(records.set_files_hash, self.database, deployment.id, files_hash)
         await self._event(job.id, "weights_ready", f"Model files {files_hash[:23]}...")
-        await self._prepare_weights(job.id, deployment.id, model, parameters)
+        await self._prepare_weights(job.id, deployment.id, model, parameters, files_hash)
         started = await self._start_replicas(job.id, deployment, model, parameters)
         await self._switch_traffic(job.id, deployment, model, parameters, started)
         await asyncio.to_thread(records.finish_job, self.database, job.id)
         logger.info("deployment %s (%s) is live", deployment.id, deployment.name)
 
     async def _prepare_weights(self, job_id: int | None, deployment_id: int, model: Model,
-                               parameters: DeploymentParameters) -> None:
+                               parameters: DeploymentParameters, files_hash: str | None = None) -> None:
         """Convert the weights for the engine when it needs that (cached), and remember where they are."""
         optimization = parameters.optimization
         loop = asyncio.get_running_loop()
@@ -222,7 +222,7 @@ class DeploymentManager:
         base_path = await asyncio.to_thread(records.adapter_base_path, self.database, model)
         weights = await asyncio.to_thread(prepare_weights, model.source_path, model.format, optimization.engine,
                                           optimization.quantization, self.weights_dir, progress,
-                                          parameters.hardware.device, base_path)
+                                          parameters.hardware.device, base_path, files_hash)
         self._weights[deployment_id] = str(weights)
 
     async def _start_replicas(self, job_id: int, deployment: Deployment, model: Model,
