@@ -171,6 +171,8 @@ class _Connection(asyncio.Protocol):
             self._fail(ReplicaDisconnected(f"invalid HTTP response: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # NOTE: a body that ends with the connection (neither Content-Length nor chunked) counts
+        # as a failure here. Replicas run uvicorn, which always frames its bodies.
         self.closed = True
         if self._reply is not None:
             reason = f"connection lost: {exc}" if exc else "the replica closed the connection"
