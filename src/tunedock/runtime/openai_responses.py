@@ -70,7 +70,12 @@ def server_error_body() -> dict[str, Any]:
 
 
 class ChunkWriter:
-    """Chunks of one streamed completion (``completion``) or chat completion (``chat``)."""
+    """Server-sent events of one streamed completion (``completion``) or chat completion (``chat``).
+
+    Every text chunk of a stream differs only in its text, so the JSON before and after
+    the text is encoded once, and each chunk is those bytes around the encoded text.
+    The bytes equal what ``sse_event`` makes of the chunk's dict.
+    """
 
     def __init__(self, kind: Literal["completion", "chat"], model: str, include_usage: bool) -> None:
         self._kind = kind
@@ -78,23 +83,33 @@ class ChunkWriter:
         prefix, object_type = ("chatcmpl", "chat.completion.chunk") if kind == "chat" else ("cmpl", "text_completion")
         self._base = {"id": f"{prefix}-{uuid.uuid4().hex}", "object": object_type, "created": int(time.time()),
                       "model": model}
+        self._text_prefix, self._text_suffix = self._split_around_text()
 
-    def opening(self) -> list[dict[str, Any]]:
-        """Chunks sent before any text: the chat API announces the assistant's role first."""
+    def opening(self) -> bytes:
+        """Return the events sent before any text: the chat API announces the assistant's role first."""
         if self._kind == "chat":
-            return [self._chunk({"role": "assistant", "content": ""}, None)]
-        return []
+            return sse_event(self._chunk({"role": "assistant", "content": ""}, None))
+        return b""
 
-    def text(self, text: str) -> dict[str, Any]:
-        return self._chunk({"content": text} if self._kind == "chat" else text, None)
+    def text(self, text: str) -> bytes:
+        return self._text_prefix + orjson.dumps(text) + self._text_suffix
 
-    def closing(self, finished: GenerationFinished) -> list[dict[str, Any]]:
-        """The last chunk of the choice, with its finish_reason, then the usage chunk when requested."""
-        chunks = [self._chunk({} if self._kind == "chat" else "", finished.finish_reason)]
+    def closing(self, finished: GenerationFinished) -> bytes:
+        """Return the last chunk of the choice with its finish_reason, the usage chunk when requested, and [DONE]."""
+        events = sse_event(self._chunk({} if self._kind == "chat" else "", finished.finish_reason))
         if self._include_usage:
-            chunks.append({**self._base, "choices": [], "usage": _usage(finished.prompt_tokens,
-                                                                         finished.completion_tokens)})
-        return chunks
+            events += sse_event({**self._base, "choices": [],
+                                 "usage": _usage(finished.prompt_tokens, finished.completion_tokens)})
+        return events + SSE_DONE
+
+    def _split_around_text(self) -> tuple[bytes, bytes]:
+        # A marker that cannot occur in the encoded chunk otherwise: the id is random and unique to it.
+        marker = f"text-of-{self._base['id']}"
+        encoded = sse_event(self._chunk({"content": marker} if self._kind == "chat" else marker, None))
+        before, found, after = encoded.partition(orjson.dumps(marker))
+        if not found or orjson.dumps(marker) in after:
+            raise RuntimeError("the chunk template must contain its text marker exactly once")
+        return before, after
 
     def _chunk(self, content: Any, finish_reason: str | None) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0}

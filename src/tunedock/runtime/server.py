@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def write_port_file(path: Path, port: int) -> None:
     os.replace(temporary, path)
 
 
-def serve(app: Starlette, sock: socket.socket, log_level: str) -> None:
+def serve(app: ASGIApp, sock: socket.socket, log_level: str) -> None:
     """Serve ``app`` on ``sock`` until SIGTERM or SIGINT; uvicorn handles the signals."""
     config = uvicorn.Config(
         app,
@@ -51,6 +51,8 @@ def serve(app: Starlette, sock: socket.socket, log_level: str) -> None:
         log_level=log_level.lower(),
         access_log=log_level == "DEBUG",  # One line per request costs time at INFO volume.
         lifespan="off",
+        # Nothing in the app reads the client address or scheme that X-Forwarded-* headers would set.
+        proxy_headers=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     uvicorn.Server(config).run(sockets=[sock])
