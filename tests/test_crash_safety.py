@@ -95,8 +95,9 @@ def crashing(fast_api: httpx.Client, fast_server: ServerProcess) -> dict[str, An
         os.kill(pids[0], signal.SIGKILL)
         wait_until(lambda: pids[0] not in model_server_pids(path), "the killed replica to vanish")
     record = wait_until(lambda: _undeployment(fast_api, job["deployment_id"]), "the crash un-deploy")
+    after = fast_api.post("/v1/completions", json={**T5_PROMPT, "model": model["slug"]})
     return {"path": path, "first_pid": first_pid, "restarted_pid": restarted_pid, "answer": answer,
-            "undeployment": record}
+            "undeployment": record, "after": after, "home": fast_server.home}
 
 
 def _complete(client: httpx.Client, slug: str) -> httpx.Response | None:
@@ -127,6 +128,18 @@ def test_crash_undeploy_reason_says_crashed(crashing: dict[str, Any]) -> None:
 
 def test_crash_reason_names_the_signal(crashing: dict[str, Any]) -> None:
     assert "SIGKILL" in crashing["undeployment"]["reason"]
+
+
+def test_request_after_crash_undeploy_is_503(crashing: dict[str, Any]) -> None:
+    assert crashing["after"].status_code == 503
+
+
+def test_crash_503_says_crashed(crashing: dict[str, Any]) -> None:
+    assert "was un-deployed by system (crashed: " in crashing["after"].json()["error"]["message"]
+
+
+def test_crash_503_hides_server_paths(crashing: dict[str, Any]) -> None:
+    assert str(crashing["home"]) not in crashing["after"].json()["error"]["message"]
 
 
 def test_crash_undeploy_leaves_no_process(crashing: dict[str, Any]) -> None:

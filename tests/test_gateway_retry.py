@@ -230,6 +230,10 @@ def test_all_refused_names_deployment(all_refused: httpx.Response) -> None:
     assert deployment_name(DEAD_MODEL) in all_refused.json()["error"]["message"]
 
 
+def test_all_refused_says_when_to_retry(all_refused: httpx.Response) -> None:
+    assert all_refused.headers["retry-after"] == "1"
+
+
 # Streams --------------------------------------------------------------------------------------
 
 def test_stream_content_type(streamed: httpx.Response) -> None:

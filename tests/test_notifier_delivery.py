@@ -144,6 +144,18 @@ def test_failure_content_links_job_events() -> None:
     assert notification.facts["job_url"] == f"{CONSOLE}/jobs/7"
 
 
+def test_undeployed_reason_not_doubled() -> None:
+    notification = deployment_undeployed(
+        deployment_id=12, deployment_name="Flan T5_v3", model_name="Flan T5", reason="crashed",
+        reason_text="crashed: replicas died 3 times within 600 s",
+        started_at=datetime(2025, 3, 1, 10, 0, 0, tzinfo=timezone.utc),
+        ended_at=datetime(2025, 3, 1, 10, 0, 7, tzinfo=timezone.utc),
+        console_url=CONSOLE, recipients=RECIPIENTS, message_id="<n-1@x>",
+    )
+
+    assert "crashed: crashed:" not in notification.text
+
+
 def test_undeployed_content_shows_times() -> None:
     notification = deployment_undeployed(
         deployment_id=12, deployment_name="Flan T5_v3", model_name="Flan T5", reason="crashed",

@@ -105,13 +105,25 @@ class RateLimited(TunedockError):
 
 
 class ModelNotLive(TunedockError):
+    """The model has no replica to serve; ``retry_after`` is set when it is expected to soon."""
+
     status_code = 503
     code = "model_not_live"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ReplicaError(TunedockError):
     status_code = 502
     code = "replica_error"
+
+
+class NoReplicaAccepted(ReplicaError):
+    """Every replica of a live deployment refused the connection, usually while one restarts."""
+
+    retry_after = 1
 
 
 class ReplicaStartFailed(ReplicaError):

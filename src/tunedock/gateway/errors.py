@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
-from tunedock.errors import RateLimited, TunedockError
+from tunedock.errors import TunedockError
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -29,6 +29,7 @@ def openai_domain_error_response(exc: TunedockError) -> JSONResponse:
     # The inference API never returns 422: OpenAI clients expect 400 for any invalid request.
     status_code = 400 if exc.status_code == 422 else exc.status_code
     response = openai_error_response(status_code, exc.message, exc.code, exc.param)
-    if isinstance(exc, RateLimited):
-        response.headers["Retry-After"] = str(exc.retry_after)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     return response

@@ -26,6 +26,7 @@ from tunedock.errors import (
     UNSTORABLE_VALUE,
     AuthenticationFailed,
     InvalidInput,
+    NoReplicaAccepted,
     PayloadTooLarge,
     PermissionDenied,
     ReplicaError,
@@ -214,8 +215,8 @@ class Gateway:
                 raise
             return target, reply
         self._finish(call, 502)
-        raise ReplicaError(f"No replica of {call.route.deployment_name} accepted the connection; "
-                           "retry shortly.") from last_error
+        raise NoReplicaAccepted(f"No replica of {call.route.deployment_name} accepted the connection; "
+                                "retry shortly.") from last_error
 
     def _replica_failed(self, call: _Call, target: ReplicaTarget, watch: _ClientWatch, exc: Exception) -> None:
         """Account for a call whose replica connection closed: the client left, or the replica failed."""

@@ -153,7 +153,8 @@ def deployment_undeployed(*, deployment_id: int, deployment_name: str, model_nam
         facts=[
             ("Model", model_name),
             ("Deployment", deployment_name),
-            ("Reason", f"{reason}: {reason_text}"),
+            # A stored reason such as "crashed: ..." already starts with the kind.
+            ("Reason", reason_text if reason_text.startswith(reason) else f"{reason}: {reason_text}"),
             ("Started", format_timestamp(started_at)),
             ("Ended", format_timestamp(ended_at)),
         ],
