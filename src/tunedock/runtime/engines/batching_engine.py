@@ -5,7 +5,9 @@ Context length: a prompt longer than the model's context is rejected with 400
 shares the context with its prompt, a request whose prompt plus ``max_tokens`` exceeds
 the context is rejected the same way, naming the room left, rather than silently cut
 short; only a server-default ``max_tokens`` is lowered to the room left. Seq2seq models
-generate into their decoder, so only their prompt is limited.
+generate into their decoder, so their prompt and their output are each limited to the
+context length on their own, which is also the bound that deploy validation applies to
+the default ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -140,9 +142,10 @@ class BatchingEngine(Engine):
 
     def _max_new_tokens(self, prompt_tokens: int, params: GenerationParams, prompt_param: str) -> int:
         limit = self._context_length
-        # Only a causal model's new tokens share the context with the prompt.
-        if limit is None or self._format is not ModelFormat.CAUSAL_LM:
+        if limit is None:
             return params.max_tokens
+        if self._format is not ModelFormat.CAUSAL_LM:
+            return self._max_decoder_tokens(limit, params)
 
         room = limit - prompt_tokens
         if room <= 0:
@@ -156,6 +159,16 @@ class BatchingEngine(Engine):
             f"max_tokens is {params.max_tokens}, but the {prompt_tokens}-token {prompt_param} leaves room "
             f"for only {room} tokens in the model's context length of {limit} tokens. "
             f"Set max_tokens to {room} or less, or shorten the {prompt_param}.",
+            param="max_tokens", code="context_length_exceeded")
+
+    @staticmethod
+    def _max_decoder_tokens(limit: int, params: GenerationParams) -> int:
+        """Return the max_tokens of a seq2seq request, bounded by the context length as deploy validation does."""
+        if params.max_tokens <= limit or not params.max_tokens_requested:
+            return min(params.max_tokens, limit)
+        raise InvalidInput(
+            f"max_tokens is {params.max_tokens}, over this model's limit of {limit} generated tokens (its "
+            f"context length). Set max_tokens to {limit} or less.",
             param="max_tokens", code="context_length_exceeded")
 
     def _check_input_length(self, tokens: int, subject: str, param: str) -> None:
