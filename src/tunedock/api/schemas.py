@@ -169,7 +169,7 @@ class UsagePublic(BaseModel):
         mean = usage.latency_seconds_total / usage.requests if usage.requests else None
         return cls(requests=usage.requests, errors=usage.errors, prompt_tokens=usage.prompt_tokens,
                    completion_tokens=usage.completion_tokens, mean_latency_seconds=mean,
-                   latency_histogram=usage.latency_buckets)
+                   latency_histogram=usage.ordered_latency_buckets())
 
 
 class DeploymentDetail(BaseModel):

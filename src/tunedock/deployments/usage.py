@@ -18,6 +18,11 @@ class DeploymentUsage:
     latency_seconds_total: float = 0.0
     latency_buckets: dict[str, int] = field(default_factory=dict)
 
+    def ordered_latency_buckets(self) -> dict[str, int]:
+        """Return the latency counts from the shortest bucket to the longest, leaving out empty ones."""
+        names = [f"le_{bound:g}" for bound in LATENCY_BUCKETS] + ["le_inf"]
+        return {name: self.latency_buckets[name] for name in names if name in self.latency_buckets}
+
 
 @dataclass(frozen=True)
 class _Series:
