@@ -173,6 +173,20 @@ def stop_server(server: ServerProcess) -> None:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+    report_connection_drops(server)
+
+
+def report_connection_drops(server: ServerProcess) -> None:
+    """Print the server's log lines where uvicorn closed a connection because of an application error.
+
+    A client that reuses such a connection fails with "Server disconnected without sending a
+    response", far from the cause; the lines go to the real stderr, past pytest's capture.
+    """
+    lines = server.log().splitlines()
+    for index, line in enumerate(lines):
+        if "Exception in ASGI application" in line or "ASGI callable returned without" in line:
+            excerpt = "\n".join(lines[max(0, index - 3):index + 40])
+            sys.__stderr__.write(f"\n--- {server.log_path}:{index + 1}\n{excerpt}\n")
 
 
 def wait_for_job(client: httpx.Client, job_id: int, timeout: float = JOB_TIMEOUT) -> dict[str, Any]:
