@@ -131,7 +131,7 @@ def test_invalid_parameter_is_422_naming_field(client: TestClient, minilm: dict[
 def test_parameter_error_names_value_and_limit(client: TestClient, minilm: dict[str, object]) -> None:
     response = client.post("/api/models/minilm/deployments", json={"generation": {"max_tokens": 100_000}},
                            headers=AUTH)
-    assert "100000 must be at most the context length of MiniLM (512)" in response.json()["error"]["message"]
+    assert "100000 must be at most the context length of MiniLM (256)" in response.json()["error"]["message"]
 
 
 def test_invalid_parameter_stores_nothing(client: TestClient, minilm: dict[str, object]) -> None:

@@ -495,7 +495,8 @@ def test_minilm_inspection() -> None:
     assert inspection.architecture == "BertModel"
     assert inspection.pooling_mode == "mean"
     assert inspection.normalize is True
-    assert inspection.context_length == 512
+    # sentence_bert_config.json's max_seq_length, which the model server applies, not the 512 positions.
+    assert inspection.context_length == 256
 
 
 def test_minilm_parameter_count() -> None:

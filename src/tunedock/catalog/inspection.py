@@ -80,7 +80,8 @@ def inspect_model_directory(path: str | Path, allowed_roots: Sequence[Path]) -> 
         parameter_count=parameter_count,
         size_bytes=_directory_size(directory),
         weights_files=weights_files,
-        context_length=_context_length(config) or _tokenizer_max_length(directory),
+        context_length=_embedding_max_length(directory, match.format) or _context_length(config)
+        or _tokenizer_max_length(directory),
         pooling_mode=pooling_mode,
         normalize=normalize,
     )
@@ -387,6 +388,18 @@ def _context_length(config: dict[str, Any]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+def _embedding_max_length(directory: Path, model_format: str) -> int | None:
+    """Read a sentence-transformers model's ``max_seq_length``, which the model server applies to inputs."""
+    if model_format != formats.EMBEDDING:
+        return None
+    try:
+        value = json.loads((directory / "sentence_bert_config.json").read_text(encoding="utf-8")).get(
+            "max_seq_length")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _tokenizer_max_length(directory: Path) -> int | None:
