@@ -320,6 +320,16 @@ def test_version_view_shows_undeployment(server: ServerProcess, watched: subproc
     assert re.search(rf"^  Reason +superseded by {MODEL_NAME}_v2$", output, re.MULTILINE)
 
 
+def test_history_list_names_undeploy_kind(server: ServerProcess,
+                                          watched: subprocess.CompletedProcess[str]) -> None:
+    output = tunedock(server, "history", MODEL_NAME).stdout
+    assert f"(un-deployed: superseded by {MODEL_NAME}_v2)" in output
+
+
+def test_version_view_counts_replica_failures(third_view: str) -> None:
+    assert re.search(r"^  Replica failures +0$", third_view, re.MULTILINE)
+
+
 def test_version_unknown_fails(server: ServerProcess, registered: dict[str, Any]) -> None:
     assert "has no version 99" in tunedock(server, "history", MODEL_NAME, "--version", "99").stderr
 

@@ -96,8 +96,9 @@ def crashing(fast_api: httpx.Client, fast_server: ServerProcess) -> dict[str, An
         wait_until(lambda: pids[0] not in model_server_pids(path), "the killed replica to vanish")
     record = wait_until(lambda: _undeployment(fast_api, job["deployment_id"]), "the crash un-deploy")
     after = fast_api.post("/v1/completions", json={**T5_PROMPT, "model": model["slug"]})
+    detail = fast_api.get(f"/api/deployments/{job['deployment_id']}").json()
     return {"path": path, "first_pid": first_pid, "restarted_pid": restarted_pid, "answer": answer,
-            "undeployment": record, "after": after, "home": fast_server.home}
+            "undeployment": record, "after": after, "home": fast_server.home, "detail": detail}
 
 
 def _complete(client: httpx.Client, slug: str) -> httpx.Response | None:
@@ -128,6 +129,15 @@ def test_crash_undeploy_reason_says_crashed(crashing: dict[str, Any]) -> None:
 
 def test_crash_reason_names_the_signal(crashing: dict[str, Any]) -> None:
     assert "SIGKILL" in crashing["undeployment"]["reason"]
+
+
+def test_detail_counts_replica_failures(crashing: dict[str, Any]) -> None:
+    # Three kills; a restart that failed to start would add one more.
+    assert crashing["detail"]["deployment"]["replica_failures"] >= 3
+
+
+def test_detail_lists_restarted_replicas(crashing: dict[str, Any]) -> None:
+    assert len({replica["pid"] for replica in crashing["detail"]["deployment"]["replicas"]}) >= 3
 
 
 def test_request_after_crash_undeploy_is_503(crashing: dict[str, Any]) -> None:

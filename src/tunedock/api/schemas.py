@@ -92,6 +92,7 @@ class DeploymentSummary(BaseModel):
     ended_at: datetime | None
     duration_seconds: float | None
     undeployed: bool
+    undeploy_reason: str | None
 
     @classmethod
     def of(cls, deployment: Deployment, live_deployment_id: int | None) -> DeploymentSummary:
@@ -101,7 +102,8 @@ class DeploymentSummary(BaseModel):
                    deployed_by=deployment.deployed_by, started_at=deployment.started_at,
                    ended_at=deployment.ended_at,
                    duration_seconds=duration_seconds(deployment.started_at, deployment.ended_at),
-                   undeployed=deployment.undeploy_started_at is not None)
+                   undeployed=deployment.undeploy_started_at is not None,
+                   undeploy_reason=deployment.undeploy_reason)
 
 
 class DeploymentPage(BaseModel):
@@ -145,6 +147,19 @@ class DeploymentSection(BaseModel):
     status: str
     live: bool
     failure_reason: str | None
+    replica_failures: int = Field(description="Replica processes that crashed or failed to start, restarts "
+                                              "included.")
+    replicas: list[ReplicaPublic]
+
+
+class ReplicaPublic(BaseModel):
+    """One model-server process that the deployment started, a restarted one included."""
+
+    index: int
+    status: str = Field(description="starting, ready, stopped, or failed (it crashed or did not start).")
+    pid: int | None
+    started_at: datetime
+    stopped_at: datetime | None
 
 
 class UndeploymentSection(BaseModel):
@@ -199,6 +214,10 @@ class DeploymentDetail(BaseModel):
             deployed_by=deployment.deployed_by, started_at=deployment.started_at,
             ended_at=deployment.ended_at, duration_seconds=duration, status=deployment.status,
             live=model.live_deployment_id == deployment.id, failure_reason=deployment.failure_reason,
+            replica_failures=sum(1 for replica in record.replicas if replica.status == "failed"),
+            replicas=[ReplicaPublic(index=replica.index, status=replica.status, pid=replica.pid,
+                                    started_at=replica.started_at, stopped_at=replica.stopped_at)
+                      for replica in record.replicas],
         )
         undeployment = None
         if deployment.undeploy_started_at is not None:

@@ -51,7 +51,9 @@ def _status_text(deployment: dict[str, Any]) -> str:
     if deployment["status"] == "failed":
         return f"failed: {(deployment['failure_reason'] or '').splitlines()[0][:80]}"
     if deployment["undeployed"]:
-        return f"{deployment['status']} (un-deployed)"
+        # The reason's kind, such as "crashed" or "superseded by X_v2", without the details.
+        kind = (deployment.get("undeploy_reason") or "").split(";", 1)[0].split(":", 1)[0].strip()[:60]
+        return f"{deployment['status']} (un-deployed{': ' + kind if kind else ''})"
     return str(deployment["status"])
 
 
@@ -103,6 +105,7 @@ def _echo_deployment(deployment: dict[str, Any]) -> None:
         ("Duration", human_duration(deployment["duration_seconds"])),
         ("Status", status),
         ("Failure reason", deployment["failure_reason"] or "-"),
+        ("Replica failures", str(deployment["replica_failures"])),
     ])
 
 

@@ -279,6 +279,7 @@ class DeploymentRecord:
     model: Model
     previous: Deployment | None
     origin: Deployment | None
+    replicas: list[Replica]
 
 
 def deployment_record(database: Database, deployment_id: int) -> DeploymentRecord:
@@ -291,7 +292,10 @@ def deployment_record(database: Database, deployment_id: int) -> DeploymentRecor
         origin = None
         if deployment.origin_deployment_id is not None:
             origin = session.get(Deployment, deployment.origin_deployment_id)
-        return DeploymentRecord(deployment=deployment, model=model, previous=previous, origin=origin)
+        replicas = list(session.scalars(select(Replica).where(Replica.deployment_id == deployment.id)
+                                        .order_by(Replica.started_at, Replica.id)))
+        return DeploymentRecord(deployment=deployment, model=model, previous=previous, origin=origin,
+                                replicas=replicas)
 
 
 def find_version(database: Database, model_reference: str, version: int) -> Deployment:
