@@ -85,6 +85,8 @@ class DeploymentManager:
         self._serving: dict[int, Serving] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._supervisor: asyncio.Task[None] | None = None
+        # Set to run the next supervision round at once, rather than at the end of the interval.
+        self._check_soon = asyncio.Event()
 
     # Requests from the API -------------------------------------------------------------
 
@@ -345,10 +347,18 @@ class DeploymentManager:
         if self._supervisor is None:
             self._supervisor = asyncio.create_task(self._supervise(), name="supervisor")
 
+    def check_replicas_soon(self) -> None:
+        """Run the next supervision round now, for instance because a replica refused a connection."""
+        self._check_soon.set()
+
     async def _supervise(self) -> None:
         logger.info("replica supervision started (every %.1f s)", self.policy.interval)
         while True:
-            await asyncio.sleep(self.policy.interval)
+            try:
+                await asyncio.wait_for(self._check_soon.wait(), timeout=self.policy.interval)
+            except asyncio.TimeoutError:
+                pass
+            self._check_soon.clear()
             for serving in list(self._serving.values()):
                 if serving.repairing:
                     continue

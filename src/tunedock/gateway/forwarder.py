@@ -204,6 +204,8 @@ class Gateway:
                 target.outstanding -= 1
                 logger.warning("replica pid %s of %s refused the connection: %s", replica.pid,
                                call.route.deployment_name, exc)
+                # The replica may have died; supervision replaces it sooner than its next round.
+                self.services.deployments.check_replicas_soon()
                 last_error = exc
                 continue
             except ReplicaDisconnected as exc:
