@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# Answers to database failures, shared by the management API and the inference gateway.
+# Messages for database failures, shared by the management API and the inference gateway.
 UNSTORABLE_VALUE = ("A value in the request cannot be stored or searched for, such as text with a NUL character "
                     "(\\u0000) or text longer than its field allows; remove or shorten it.")
 DATABASE_UNREACHABLE = "The database is unreachable; retry shortly. The server log has details."

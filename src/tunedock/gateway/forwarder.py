@@ -260,6 +260,7 @@ class _ClientWatch:
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
         self._reply: ReplicaReply | None = None
+        self._stopped = False
         self.left = False
         self._waiter = asyncio.ensure_future(receive())
         self._waiter.add_done_callback(self._on_message)
@@ -270,10 +271,13 @@ class _ClientWatch:
             reply.abort()
 
     def stop(self) -> None:
+        """Stop watching: a late disconnect must not close a connection that went back to the pool."""
+        self._stopped = True
+        self._reply = None
         self._waiter.cancel()
 
     def _on_message(self, waiter: asyncio.Future[Message]) -> None:
-        if waiter.cancelled() or waiter.exception() is not None:
+        if self._stopped or waiter.cancelled() or waiter.exception() is not None:
             return
         if waiter.result()["type"] != "http.disconnect":
             self._waiter = asyncio.ensure_future(self._receive())

@@ -1,8 +1,8 @@
 """A lean HTTP/1.1 client for the gateway's calls to model-server replicas on loopback.
 
-Every inference request crosses this client, so it does only what those calls need: one
-POST with a JSON body, a pool of keep-alive connections per replica, and the response parsed
-by httptools as it arrives, either whole or chunk by chunk for a stream. Closing a call's
+Every inference request crosses this client, so it does only what those calls need. It
+sends one POST with a JSON body over a pool of keep-alive connections per replica. httptools
+parses the response as it arrives, whole or chunk by chunk for a stream. Closing a call's
 connection is how the gateway tells a replica that the client left: the replica sees the
 disconnect and stops generating.
 """
@@ -299,5 +299,6 @@ class ReplicaPool:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(lambda: _Connection(self, address), *address), CONNECT_TIMEOUT_SECONDS)
         except (OSError, asyncio.TimeoutError) as exc:
-            raise ReplicaUnreachable(f"{address[0]}:{address[1]}: {exc or 'connection timed out'}") from exc
+            reason = str(exc) or f"connection timed out after {CONNECT_TIMEOUT_SECONDS:g} s"
+            raise ReplicaUnreachable(f"{address[0]}:{address[1]}: {reason}") from exc
         return connection
