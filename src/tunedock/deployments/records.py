@@ -92,6 +92,10 @@ def add_event(database: Database, job_id: int, stage: str, message: str) -> None
 
 
 def _add_event(session: Session, job_id: int, stage: str, message: str) -> None:
+    # Write to the job's row first, so two writers (the deploy task and a cancel request, say)
+    # cannot read the same last sequence number. The write locks the row on PostgreSQL and
+    # takes SQLite's write lock, which FOR UPDATE would not.
+    session.execute(update(Job).where(Job.id == job_id).values(cancel_requested_by=Job.cancel_requested_by))
     last = session.scalar(select(func.max(JobEvent.sequence)).where(JobEvent.job_id == job_id))
     session.add(JobEvent(job_id=job_id, sequence=(last or 0) + 1, stage=stage, message=message))
 
